@@ -1,0 +1,30 @@
+"""onebyone: 1x1 (pointwise) convolutions made first-class.
+
+>>> import torch, onebyone as obo
+>>> obo.conv1x1(torch.randn(1, 64, 8, 8), torch.randn(32, 64)).shape
+torch.Size([1, 32, 8, 8])
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from onebyone import nn, numpy
+from onebyone._checks import ACTIVATIONS
+from onebyone.functional import BACKENDS, BackendUnavailableError, conv1x1
+from onebyone.weights import LAYOUTS, convert_weight
+
+try:
+    __version__ = version("onebyone")
+except PackageNotFoundError:  # running from a source tree without installing
+    __version__ = "0.0.0+source"
+
+__all__ = [
+    "ACTIVATIONS",
+    "BACKENDS",
+    "LAYOUTS",
+    "BackendUnavailableError",
+    "__version__",
+    "conv1x1",
+    "convert_weight",
+    "nn",
+    "numpy",
+]

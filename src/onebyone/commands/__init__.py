@@ -1,0 +1,1 @@
+"""One module per ``onebyone`` subcommand: ``register(subparsers)`` and ``run(args)``."""

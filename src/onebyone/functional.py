@@ -1,0 +1,158 @@
+"""The PyTorch pointwise convolution: validation, epilogue, autograd, dispatch.
+
+``conv1x1`` checks its arguments once, then hands a batched ``(N, C, H, W)``
+input and a 2-D ``(K, C/g)`` weight to one kernel of ``onebyone.kernels``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from types import ModuleType
+
+import torch
+
+from onebyone import _checks
+from onebyone.kernels import gemm, onednn
+
+__all__ = ["BACKENDS", "BackendUnavailableError", "conv1x1"]
+
+BACKENDS: tuple[str, ...] = ("auto", "gemm", "onednn")
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_KERNELS: dict[str, ModuleType] = {"gemm": gemm, "onednn": onednn}
+_warned_fallback = False
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend cannot run these inputs; the message says why."""
+
+
+def _tensor(argument: str, value: object, *, optional: bool = False) -> torch.Tensor | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, torch.Tensor):
+        expected = "a torch.Tensor or None" if optional else "a torch.Tensor"
+        raise TypeError(
+            f"Invalid value for argument `{argument}`. Expected {expected}. "
+            f"Received {argument} of type {type(value).__name__}."
+        )
+    return value
+
+
+def _same_kind(x: torch.Tensor, others: dict[str, torch.Tensor | None]) -> None:
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(
+            "Invalid value for argument `x`. Expected a floating-point tensor (float16, "
+            f"bfloat16, float32 or float64). Received x with dtype {x.dtype}."
+        )
+    for name, t in others.items():
+        if t is None:
+            continue
+        if t.dtype != x.dtype:
+            raise TypeError(
+                f"Invalid value for argument `{name}`. Expected dtype {x.dtype} (the dtype "
+                f"of x). Received {name} with dtype {t.dtype}."
+            )
+        if t.device != x.device:
+            raise ValueError(
+                f"Invalid value for argument `{name}`. Expected a tensor on {x.device} (the "
+                f"device of x). Received {name} on {t.device}."
+            )
+
+
+def _pick_kernel(backend: str, x: torch.Tensor, needs_grad: bool) -> ModuleType:
+    global _warned_fallback
+    if backend != "auto":
+        reason = _KERNELS[backend].unsupported(x, needs_grad)
+        if reason is not None:
+            raise BackendUnavailableError(f"backend={backend!r} cannot run here: {reason}.")
+        return _KERNELS[backend]
+    if x.device.type == "cpu" and not needs_grad:
+        if onednn.unsupported(x, needs_grad) is None:
+            return onednn
+        if not _warned_fallback and not onednn.is_available():
+            _warned_fallback = True
+            warnings.warn(
+                "onebyone: this PyTorch build lacks oneDNN's fused convolution; "
+                "CPU inference uses the GEMM path.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return gemm
+
+
+def conv1x1(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    stride: int | tuple[int, int] = 1,
+    groups: int = 1,
+    activation: str | None = None,
+    residual: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Pointwise (1x1) convolution with a fused epilogue: ``act(conv(x) + bias + residual)``.
+
+    Differentiable with respect to ``x``, ``weight``, ``bias`` and ``residual``.
+
+    Args:
+        x: input feature maps, any memory format.
+        weight: ``(K, C/groups)`` or ``(K, C/groups, 1, 1)``.
+        bias: optional ``(K,)``.
+        stride: int or ``(sh, sw)``; keeps every ``sh``-th row and ``sw``-th column.
+        groups: number of channel groups (``groups == C == K`` is depthwise).
+        activation: ``None`` or one of ``relu``, ``relu6``, ``leaky_relu`` (slope
+            0.01), ``silu``, ``gelu`` (exact erf form), ``hardswish``, ``sigmoid``, ``tanh``.
+        residual: optional tensor of the output's shape, added before the activation.
+        backend: ``"auto"`` (oneDNN for CPU inference, else the GEMM path),
+            ``"gemm"`` (matmul on views; any device, autograd) or ``"onednn"``.
+            An explicit backend that cannot run raises ``BackendUnavailableError``.
+
+    Shape:
+        ``(N, C, H, W) -> (N, K, ceil(H/sh), ceil(W/sw))``; unbatched
+        ``(C, H, W) -> (K, H', W')``. A channels-last input gives a
+        channels-last output.
+
+    Example:
+        >>> import torch, onebyone as obo
+        >>> x = torch.randn(2, 64, 28, 28)
+        >>> obo.conv1x1(x, torch.randn(32, 64), torch.zeros(32), activation="relu").shape
+        torch.Size([2, 32, 28, 28])
+    """
+    _tensor("x", x)
+    _tensor("weight", weight)
+    _tensor("bias", bias, optional=True)
+    _tensor("residual", residual, optional=True)
+    _same_kind(x, {"weight": weight, "bias": bias, "residual": residual})
+    strides = _checks.pair("stride", stride)
+    act = _checks.activation(activation)
+    _checks.choice("backend", backend, BACKENDS)
+    if bias is not None and bias.dim() != 1:
+        raise ValueError(
+            "Invalid value for argument `bias`. Expected a 1-D tensor of shape (K,). "
+            f"Received bias of shape {tuple(bias.shape)}."
+        )
+    geo = _checks.geometry(
+        x.shape,
+        weight.shape,
+        None if bias is None else bias.shape,
+        stride=strides,
+        groups=groups,
+    )
+    out_shape = geo.output_shape("NCHW")
+    if residual is not None and tuple(residual.shape) != out_shape:
+        raise ValueError(
+            f"Invalid value for argument `residual`. Expected the output's shape {out_shape}. "
+            f"Received residual of shape {tuple(residual.shape)}."
+        )
+    w2 = weight if weight.dim() == 2 else weight.reshape(weight.shape[0], weight.shape[1])
+    xb = x if geo.batched else x.unsqueeze(0)
+    rb = residual if residual is None or geo.batched else residual.unsqueeze(0)
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, bias, residual)
+    )
+    kernel = _pick_kernel(backend, xb, needs_grad)
+    y = kernel.conv1x1(
+        xb, w2, bias, stride=strides, groups=geo.groups, activation=act, residual=rb
+    )
+    return y if geo.batched else y.squeeze(0)

@@ -1,0 +1,205 @@
+"""``Conv1x1``: the module over ``onebyone.conv1x1``."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from onebyone import _checks
+from onebyone.functional import conv1x1
+from onebyone.kernels.epilogue import LEAKY_RELU_SLOPE
+
+__all__ = ["Conv1x1", "activation_module"]
+
+
+def activation_module(name: str | None) -> nn.Module:
+    """The ``nn.Module`` computing the named activation (``nn.Identity`` for ``None``)."""
+    name = _checks.activation(name)
+    modules: dict[str | None, nn.Module] = {
+        None: nn.Identity(),
+        "relu": nn.ReLU(),
+        "relu6": nn.ReLU6(),
+        "leaky_relu": nn.LeakyReLU(LEAKY_RELU_SLOPE),
+        "silu": nn.SiLU(),
+        "gelu": nn.GELU(),
+        "hardswish": nn.Hardswish(),
+        "sigmoid": nn.Sigmoid(),
+        "tanh": nn.Tanh(),
+    }
+    return modules[name]
+
+
+class Conv1x1(nn.Module):
+    """A pointwise convolution layer with an optional fused activation and residual.
+
+    ``forward(x, residual=None)`` returns ``act(conv1x1(x) + bias + residual)``.
+    The weight is the 2-D ``(out_channels, in_channels // groups)`` matrix,
+    initialised like ``nn.Conv2d``. ``load_state_dict`` also accepts the state
+    dict of an ``nn.Conv2d(kernel_size=1)`` (4-D weight) or an ``nn.Linear``.
+
+    Args:
+        in_channels: ``C``.
+        out_channels: ``K``.
+        stride: int or ``(sh, sw)`` pixel subsampling.
+        groups: channel groups; must divide ``C`` and ``K``.
+        bias: learn a ``(K,)`` bias.
+        activation: ``None`` or a name from ``onebyone.ACTIVATIONS``.
+        device, dtype: where and how to allocate the parameters.
+
+    Shape:
+        ``(N, C, H, W) -> (N, K, ceil(H/sh), ceil(W/sw))`` or unbatched
+        ``(C, H, W) -> (K, H', W')``; channels-last stays channels-last.
+
+    Example:
+        >>> import torch
+        >>> from onebyone.nn import Conv1x1
+        >>> Conv1x1(64, 32, activation="relu")(torch.randn(1, 64, 28, 28)).shape
+        torch.Size([1, 32, 28, 28])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        stride: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        activation: str | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        c, k, g = _checks.channels(in_channels, out_channels, groups)
+        if not isinstance(bias, bool):
+            raise _checks.invalid("bias", "True or False", bias, kind=TypeError)
+        self.in_channels = c
+        self.out_channels = k
+        self.groups = g
+        self.stride = _checks.pair("stride", stride)
+        self.activation = _checks.activation(activation)
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(k, c // g, **factory))
+        self.bias = nn.Parameter(torch.empty(k, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise as ``nn.Conv2d`` does: Kaiming-uniform weight, uniform bias."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.weight.shape[1])
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        return conv1x1(x, self.weight, self.bias, stride=self.stride, groups=self.groups, activation=self.activation, residual=residual)  # fmt: skip
+
+    def extra_repr(self) -> str:
+        parts = [f"{self.in_channels}, {self.out_channels}"]
+        if self.stride != (1, 1):
+            parts.append(f"stride={self.stride}")
+        if self.groups != 1:
+            parts.append(f"groups={self.groups}")
+        if self.bias is None:
+            parts.append("bias=False")
+        if self.activation is not None:
+            parts.append(f"activation={self.activation!r}")
+        return ", ".join(parts)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        key = prefix + "weight"
+        w = state_dict.get(key)
+        if isinstance(w, torch.Tensor) and w.dim() == 4 and tuple(w.shape[2:]) == (1, 1):
+            state_dict = {**state_dict, key: w.reshape(w.shape[0], w.shape[1])}  # (K, C/g, 1, 1) -> (K, C/g)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    @classmethod
+    def from_conv2d(cls, module: nn.Conv2d, *, activation: str | None = None) -> Conv1x1:
+        """A ``Conv1x1`` computing the same as a 1x1 ``nn.Conv2d`` (parameters copied)."""
+        if not isinstance(module, nn.Conv2d):
+            raise _checks.invalid("module", "an nn.Conv2d", type(module).__name__, kind=TypeError)
+        if tuple(module.kernel_size) != (1, 1):
+            raise _checks.invalid("module", "an nn.Conv2d with kernel_size=(1, 1)", module)
+        if tuple(module.padding) != (0, 0) or not isinstance(module.padding, tuple):
+            raise _checks.invalid("module", "an nn.Conv2d with padding=0", module)
+        w = module.weight
+        out = cls(
+            module.in_channels,
+            module.out_channels,
+            stride=tuple(module.stride),  # type: ignore[arg-type]
+            groups=module.groups,
+            bias=module.bias is not None,
+            activation=activation,
+            device=w.device,
+            dtype=w.dtype,
+        )
+        out.load_state_dict(module.state_dict())
+        return out
+
+    @classmethod
+    def from_linear(cls, module: nn.Linear, *, activation: str | None = None) -> Conv1x1:
+        """A ``Conv1x1`` applying an ``nn.Linear`` at every pixel (parameters copied)."""
+        if not isinstance(module, nn.Linear):
+            raise _checks.invalid("module", "an nn.Linear", type(module).__name__, kind=TypeError)
+        w = module.weight
+        out = cls(
+            module.in_features,
+            module.out_features,
+            bias=module.bias is not None,
+            activation=activation,
+            device=w.device,
+            dtype=w.dtype,
+        )
+        out.load_state_dict(module.state_dict())
+        return out
+
+    def to_conv2d(self) -> nn.Module:
+        """The equivalent ``nn.Conv2d(kernel_size=1)``, followed by the activation
+        module in an ``nn.Sequential`` when this layer has one."""
+        conv = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            1,
+            stride=self.stride,
+            groups=self.groups,
+            bias=self.bias is not None,
+            device=self.weight.device,
+            dtype=self.weight.dtype,
+        )
+        with torch.no_grad():
+            conv.weight.copy_(self.weight.reshape(conv.weight.shape))  # (K, C/g) -> (K, C/g, 1, 1)
+            if self.bias is not None and conv.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv if self.activation is None else nn.Sequential(conv, activation_module(self.activation))
+
+    def to_linear(self) -> nn.Module:
+        """The equivalent ``nn.Linear`` over the channel axis of an ``(..., C)`` input
+        (stride 1 and groups 1 only), followed by the activation when there is one."""
+        if self.stride != (1, 1) or self.groups != 1:
+            raise ValueError(
+                "Invalid value for argument `self`. Expected a Conv1x1 with stride=1 and "
+                f"groups=1 to convert to nn.Linear. Received stride={self.stride}, "
+                f"groups={self.groups}."
+            )
+        lin = nn.Linear(
+            self.in_channels,
+            self.out_channels,
+            bias=self.bias is not None,
+            device=self.weight.device,
+            dtype=self.weight.dtype,
+        )
+        lin.load_state_dict(self.state_dict())
+        return lin if self.activation is None else nn.Sequential(lin, activation_module(self.activation))

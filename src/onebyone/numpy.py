@@ -1,0 +1,128 @@
+"""The pointwise convolution in NumPy: the readable source of truth.
+
+A 1x1 convolution is, at every pixel, the matrix-vector product of the
+``(K, C)`` weight with that pixel's ``C`` channel values. Here it is computed
+as one (batched) matrix product on views of the input: no Python loop over
+pixels, and no torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from onebyone import _checks
+
+__all__ = ["conv1x1"]
+
+
+def _numeric(argument: str, value: Any) -> np.ndarray:
+    a = np.asarray(value)
+    if a.dtype == np.bool_:
+        return a.astype(np.int64)
+    if a.dtype.kind not in "iufc":
+        raise TypeError(
+            f"Invalid value for argument `{argument}`. Expected a numeric array (integer, "
+            f"float or complex). Received {argument} with dtype {a.dtype}."
+        )
+    return a
+
+
+def _compute_dtype(*arrays: np.ndarray) -> tuple[np.dtype, np.dtype]:
+    """(dtype to accumulate in, dtype to return)."""
+    result = np.result_type(*arrays)
+    if result.kind in "iu":
+        # Like np.sum: small integers accumulate (and return) in 64 bits, so sums are exact.
+        wide = np.dtype(np.uint64 if result.kind == "u" else np.int64)
+        return wide, wide
+    if result == np.float16:
+        return np.dtype(np.float32), result
+    return result, result
+
+
+def conv1x1(
+    x: Any,
+    weight: Any,
+    bias: Any = None,
+    *,
+    stride: int | tuple[int, int] = 1,
+    groups: int = 1,
+    data_format: str = "NCHW",
+) -> np.ndarray:
+    """Pointwise (1x1) convolution of a NumPy array.
+
+    ``y[n, k, i, j] = bias[k] + sum_c weight[k, c] * x[n, g*C/g + c, i*sh, j*sw]``
+    where ``g`` is the group of filter ``k``.
+
+    Args:
+        x: input feature maps.
+        weight: ``(K, C/groups)`` or ``(K, C/groups, 1, 1)`` filters.
+        bias: optional ``(K,)`` per-filter offsets.
+        stride: int or ``(sh, sw)``; keeps every ``sh``-th row and ``sw``-th column.
+        groups: split channels into this many independent groups.
+        data_format: ``"NCHW"`` (channels first) or ``"NHWC"`` (channels last).
+
+    Returns:
+        The output array. Its dtype is ``np.result_type(x, weight, bias)``,
+        except that integer inputs accumulate and return in 64 bits (like
+        ``np.sum``) so integer sums are exact, and float16 accumulates in
+        float32 before rounding back.
+
+    Shape:
+        ``NCHW``: ``(N, C, H, W) -> (N, K, ceil(H/sh), ceil(W/sw))``, unbatched
+        ``(C, H, W) -> (K, H', W')``. ``NHWC``: ``(N, H, W, C) -> (N, H', W', K)``.
+
+    Example:
+        >>> import numpy as np
+        >>> from onebyone.numpy import conv1x1
+        >>> x = np.arange(12.0).reshape(3, 2, 2)        # 3 maps of 2x2
+        >>> conv1x1(x, np.array([[0.1, 0.2, 0.4]])).shape
+        (1, 2, 2)
+    """
+    fmt = _checks.data_format(data_format)
+    sh, sw = _checks.pair("stride", stride)
+    xa = _numeric("x", x)
+    wa = _numeric("weight", weight)
+    ba = None if bias is None else _numeric("bias", bias)
+    if ba is not None and ba.ndim != 1:
+        raise ValueError(
+            "Invalid value for argument `bias`. Expected a 1-D array of shape (K,). "
+            f"Received bias of shape {ba.shape}."
+        )
+    geo = _checks.geometry(
+        xa.shape,
+        wa.shape,
+        None if ba is None else ba.shape,
+        stride=(sh, sw),
+        groups=groups,
+        data_format=fmt,
+    )
+    acc, out_dtype = _compute_dtype(*(a for a in (xa, wa, ba) if a is not None))
+    n, c, k, g = geo.batch, geo.in_channels, geo.out_channels, geo.groups
+    ho, wo = geo.out_height, geo.out_width
+    cg, kg = c // g, k // g
+
+    xb = xa if geo.batched else xa[np.newaxis]
+    w_grouped = wa.reshape(g, kg, cg).astype(acc, copy=False)  # (g, K/g, C/g)
+    if fmt == "NCHW":
+        pixels = xb[:, :, ::sh, ::sw].astype(acc, copy=False)  # (N, C, H', W')
+        cols = pixels.reshape(n, g, cg, ho * wo)  # (N, g, C/g, P)
+        y = np.matmul(w_grouped, cols)  # (N, g, K/g, P)
+        if ba is not None:
+            y += ba.astype(acc, copy=False).reshape(g, kg, 1)
+        y = y.reshape(n, k, ho, wo)
+    else:
+        pixels = xb[:, ::sh, ::sw, :].astype(acc, copy=False)  # (N, H', W', C)
+        if g == 1:
+            y = np.matmul(pixels.reshape(n * ho * wo, c), w_grouped[0].T)  # (N*P, K)
+        else:
+            rows = pixels.reshape(n * ho * wo, g, cg).transpose(1, 0, 2)  # (g, N*P, C/g)
+            y = np.matmul(rows, w_grouped.transpose(0, 2, 1))  # (g, N*P, K/g)
+            y = y.transpose(1, 0, 2)  # (N*P, g, K/g)
+        y = y.reshape(n, ho, wo, k)  # (N, H', W', K)
+        if ba is not None:
+            y += ba.astype(acc, copy=False)
+    if not geo.batched:
+        y = y[0]
+    return y.astype(out_dtype, copy=False)
