@@ -10,6 +10,7 @@ import warnings
 from types import ModuleType
 
 import torch
+from torch.overrides import handle_torch_function, has_torch_function
 
 from onebyone import _checks
 from onebyone.kernels import gemm, onednn
@@ -119,6 +120,13 @@ def conv1x1(
         >>> obo.conv1x1(x, torch.randn(32, 64), torch.zeros(32), activation="relu").shape
         torch.Size([2, 32, 28, 28])
     """
+    operands = tuple(t for t in (x, weight, bias, residual) if isinstance(t, torch.Tensor))
+    if has_torch_function(operands):
+        # Lets TorchFunctionMode users (onebyone.profile, tracers) see this op as one call.
+        return handle_torch_function(  # type: ignore[no-any-return]
+            conv1x1, operands, x, weight, bias, stride=stride, groups=groups,
+            activation=activation, residual=residual, backend=backend,
+        )  # fmt: skip
     _tensor("x", x)
     _tensor("weight", weight)
     _tensor("bias", bias, optional=True)
