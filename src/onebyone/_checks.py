@@ -30,7 +30,9 @@ ACTIVATIONS: tuple[str, ...] = (
 DATA_FORMATS: tuple[str, ...] = ("NCHW", "NHWC")
 
 
-def invalid(argument: str, expected: str, received: object, *, kind: type = ValueError) -> Exception:
+def invalid(
+    argument: str, expected: str, received: object, *, kind: type = ValueError
+) -> Exception:
     """Build the house-style error for one bad argument."""
     return kind(
         f"Invalid value for argument `{argument}`. Expected {expected}. "

@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
     parser = argparse.ArgumentParser(
         prog="onebyone",
-        description="1x1 (pointwise) convolutions: the op, models, costs, transforms, explanations.",
+        description="1x1 (pointwise) convolutions: op, models, costs, transforms, explanations.",
     )
     parser.add_argument("--version", action="version", version=f"onebyone {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

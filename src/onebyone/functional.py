@@ -123,7 +123,7 @@ def conv1x1(
     operands = tuple(t for t in (x, weight, bias, residual) if isinstance(t, torch.Tensor))
     if has_torch_function(operands):
         # Lets TorchFunctionMode users (onebyone.profile, tracers) see this op as one call.
-        return handle_torch_function(  # type: ignore[no-any-return]
+        return handle_torch_function(
             conv1x1, operands, x, weight, bias, stride=stride, groups=groups,
             activation=activation, residual=residual, backend=backend,
         )  # fmt: skip
@@ -160,7 +160,5 @@ def conv1x1(
         t is not None and t.requires_grad for t in (x, weight, bias, residual)
     )
     kernel = _pick_kernel(backend, xb, needs_grad)
-    y = kernel.conv1x1(
-        xb, w2, bias, stride=strides, groups=geo.groups, activation=act, residual=rb
-    )
+    y = kernel.conv1x1(xb, w2, bias, stride=strides, groups=geo.groups, activation=act, residual=rb)
     return y if geo.batched else y.squeeze(0)

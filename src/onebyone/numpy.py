@@ -99,11 +99,28 @@ def conv1x1(
         data_format=fmt,
     )
     acc, out_dtype = _compute_dtype(*(a for a in (xa, wa, ba) if a is not None))
+
+    with np.errstate(invalid="ignore"):  # NaN/Inf inputs propagate, as in nn.Conv2d
+        y = _grouped_gemm(xa if geo.batched else xa[np.newaxis], wa, ba, geo, fmt, (sh, sw), acc)
+    if not geo.batched:
+        y = y[0]
+    return y.astype(out_dtype, copy=False)
+
+
+def _grouped_gemm(
+    xb: np.ndarray,
+    wa: np.ndarray,
+    ba: np.ndarray | None,
+    geo: _checks.ConvGeometry,
+    fmt: str,
+    stride: tuple[int, int],
+    acc: np.dtype,
+) -> np.ndarray:
+    """Batched GEMM on views: ``(N, C, H, W)`` or ``(N, H, W, C)`` -> K channels, same layout."""
     n, c, k, g = geo.batch, geo.in_channels, geo.out_channels, geo.groups
     ho, wo = geo.out_height, geo.out_width
     cg, kg = c // g, k // g
-
-    xb = xa if geo.batched else xa[np.newaxis]
+    sh, sw = stride
     w_grouped = wa.reshape(g, kg, cg).astype(acc, copy=False)  # (g, K/g, C/g)
     if fmt == "NCHW":
         pixels = xb[:, :, ::sh, ::sw].astype(acc, copy=False)  # (N, C, H', W')
@@ -123,6 +140,4 @@ def conv1x1(
         y = y.reshape(n, ho, wo, k)  # (N, H', W', K)
         if ba is not None:
             y += ba.astype(acc, copy=False)
-    if not geo.batched:
-        y = y[0]
-    return y.astype(out_dtype, copy=False)
+    return y

@@ -55,7 +55,7 @@ class WorkedExample:
     mismatches: list[tuple[int, int]]  # (row, col) where printed != computed (to 1 decimal)
 
     def spelled_sum(self, row: int, col: int) -> str:
-        """The weighted sum for one output pixel written out, e.g. ``1*0.1 + 3*0.2 + 1*0.4 = 1.1``."""
+        """One output pixel's weighted sum written out: ``1*0.1 + 3*0.2 + 1*0.4 = 1.10``."""
         terms = " + ".join(
             f"{self.maps[c, row, col]:g}*{self.kernel[0, c]:g}" for c in range(self.maps.shape[0])
         )

@@ -56,9 +56,9 @@ def conv1x1(
         else:
             per_group = rows.view(-1, g, cg).transpose(0, 1)  # (g, N*P, C/g)
             y = torch.bmm(per_group, weight.view(g, kg, cg).transpose(1, 2))  # (g, N*P, K/g)
-            y = y.transpose(0, 1).reshape(-1, k)  # (N*P, K)
+            y = y.transpose(0, 1).contiguous().view(-1, k)  # (N*P, K), one copy
             if bias is not None:
-                y = y + bias
+                y = y.add_(bias)
         out = y.view(n, ho, wo, k).permute(0, 3, 1, 2)  # (N, K, H', W') channels-last
     else:
         cols = x[:, :, ::sh, ::sw]  # (N, C, H', W')

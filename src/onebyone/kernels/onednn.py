@@ -29,7 +29,7 @@ _UNARY: dict[str | None, tuple[str, list[Any], str]] = {
     "sigmoid": ("sigmoid", [], ""),
     "tanh": ("tanh", [], ""),
 }
-# activations oneDNN fuses after the residual add
+# activations oneDNN fuses after the residual add (float32)
 _AFTER_BINARY = (None, "relu")
 
 
@@ -87,8 +87,11 @@ def conv1x1(
     geometry = ([0, 0], list(stride), [1, 1], groups)
     if residual is None:
         attr, scalars, algorithm = _UNARY[activation]
-        return torch.ops.mkldnn._convolution_pointwise(x, w4, bias, *geometry, attr, scalars, algorithm)
-    fused = activation if activation in _AFTER_BINARY else None
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, w4, bias, *geometry, attr, scalars, algorithm
+        )
+    # bfloat16's fallback for a fused add+relu is unimplemented in some layouts.
+    fused = activation if activation in _AFTER_BINARY and x.dtype == torch.float32 else None
     y = torch.ops.mkldnn._convolution_pointwise.binary(
         x, residual, w4, bias, *geometry, "add", 1.0, fused, [], None
     )

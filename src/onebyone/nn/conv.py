@@ -94,7 +94,15 @@ class Conv1x1(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        return conv1x1(x, self.weight, self.bias, stride=self.stride, groups=self.groups, activation=self.activation, residual=residual)  # fmt: skip
+        return conv1x1(
+            x,
+            self.weight,
+            self.bias,
+            stride=self.stride,
+            groups=self.groups,
+            activation=self.activation,
+            residual=residual,
+        )
 
     def extra_repr(self) -> str:
         parts = [f"{self.in_channels}, {self.out_channels}"]
@@ -121,7 +129,10 @@ class Conv1x1(nn.Module):
         key = prefix + "weight"
         w = state_dict.get(key)
         if isinstance(w, torch.Tensor) and w.dim() == 4 and tuple(w.shape[2:]) == (1, 1):
-            state_dict = {**state_dict, key: w.reshape(w.shape[0], w.shape[1])}  # (K, C/g, 1, 1) -> (K, C/g)
+            state_dict = {
+                **state_dict,
+                key: w.reshape(w.shape[0], w.shape[1]),
+            }  # (K, C/g, 1, 1) -> (K, C/g)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
@@ -183,7 +194,11 @@ class Conv1x1(nn.Module):
             conv.weight.copy_(self.weight.reshape(conv.weight.shape))  # (K, C/g) -> (K, C/g, 1, 1)
             if self.bias is not None and conv.bias is not None:
                 conv.bias.copy_(self.bias)
-        return conv if self.activation is None else nn.Sequential(conv, activation_module(self.activation))
+        return (
+            conv
+            if self.activation is None
+            else nn.Sequential(conv, activation_module(self.activation))
+        )
 
     def to_linear(self) -> nn.Module:
         """The equivalent ``nn.Linear`` over the channel axis of an ``(..., C)`` input
@@ -202,4 +217,8 @@ class Conv1x1(nn.Module):
             dtype=self.weight.dtype,
         )
         lin.load_state_dict(self.state_dict())
-        return lin if self.activation is None else nn.Sequential(lin, activation_module(self.activation))
+        return (
+            lin
+            if self.activation is None
+            else nn.Sequential(lin, activation_module(self.activation))
+        )

@@ -1,0 +1,146 @@
+"""Bad input: a clear ValueError/TypeError naming the argument, for every entry point."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import onebyone as obo
+import onebyone.numpy as onp
+from onebyone.nn import Conv1x1
+
+X = torch.randn(2, 6, 4, 4)
+W = torch.randn(4, 6)
+
+
+def torch_op(**overrides):
+    args = {"x": X, "weight": W, "bias": None}
+    args.update(overrides)
+    x, w, b = args.pop("x"), args.pop("weight"), args.pop("bias")
+    return obo.conv1x1(x, w, b, **args)
+
+
+def numpy_op(**overrides):
+    args = {"x": X.numpy(), "weight": W.numpy(), "bias": None}
+    args.update(overrides)
+    x, w, b = args.pop("x"), args.pop("weight"), args.pop("bias")
+    return onp.conv1x1(x, w, b, **args)
+
+
+SHARED = [
+    # (overrides, error type, message pattern) valid for both ops (tensors converted below)
+    ({"x": np.ones((6, 4))}, ValueError, r"argument `x`.*3-D or 4-D.*shape \(6, 4\)"),
+    ({"weight": np.ones((4, 6, 3, 3))}, ValueError, r"argument `weight`.*\(K, C/groups, 1, 1\)"),
+    ({"weight": np.ones(4)}, ValueError, r"argument `weight`.*2-D .*shape \(4,\)"),
+    ({"weight": np.ones((4, 5))}, ValueError, r"argument `weight`.*6 input channels.*\(4, 5\)"),
+    ({"bias": np.ones(3)}, ValueError, r"argument `bias`.*shape \(4,\).*\(3,\)"),
+    ({"bias": np.ones((4, 1))}, ValueError, r"argument `bias`.*1-D"),
+    ({"groups": 0}, ValueError, r"argument `groups`.*positive int.*groups=0"),
+    ({"groups": 4}, ValueError, r"argument `groups`.*divisor of the input's 6 channels"),
+    ({"groups": 2.0}, TypeError, r"argument `groups`.*positive int.*groups=2.0"),
+    ({"stride": 0}, ValueError, r"argument `stride`.*stride=0"),
+    ({"stride": (1, 2, 3)}, ValueError, r"argument `stride`.*pair.*\(1, 2, 3\)"),
+    ({"stride": 1.5}, TypeError, r"argument `stride`.*stride=1.5"),
+    ({"stride": (1, "2")}, TypeError, r"argument `stride`"),
+    ({"stride": (0, 1)}, ValueError, r"argument `stride`.*>= 1"),
+]
+
+
+def as_tensor(v):
+    return torch.from_numpy(np.asarray(v, dtype=np.float32)) if isinstance(v, np.ndarray) else v
+
+
+@pytest.mark.parametrize(("overrides", "kind", "pattern"), SHARED)
+def test_torch_op_errors(overrides, kind, pattern):
+    with pytest.raises(kind, match=pattern):
+        torch_op(**{k: as_tensor(v) for k, v in overrides.items()})
+
+
+@pytest.mark.parametrize(("overrides", "kind", "pattern"), SHARED)
+def test_numpy_op_errors(overrides, kind, pattern):
+    with pytest.raises(kind, match=pattern):
+        numpy_op(**overrides)
+
+
+def test_groups_must_divide_output_channels():
+    with pytest.raises(ValueError, match=r"argument `groups`.*divisor of the weight's 3 output"):
+        obo.conv1x1(X, torch.randn(3, 3), groups=2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "kind", "pattern"),
+    [
+        ({"activation": "swish"}, ValueError, r"argument `activation`.*relu.*activation='swish'"),
+        ({"activation": 3}, TypeError, r"argument `activation`"),
+        ({"backend": "cudnn"}, ValueError, r"argument `backend`.*'gemm'.*backend='cudnn'"),
+        ({"residual": torch.randn(2, 4, 4, 3)}, ValueError,
+         r"argument `residual`.*\(2, 4, 4, 4\).*\(2, 4, 4, 3\)"),
+        ({"residual": torch.randn(2, 4, 4, 4).double()}, TypeError,
+         r"argument `residual`.*dtype torch.float32.*torch.float64"),
+        ({"weight": W.double()}, TypeError, r"argument `weight`.*dtype torch.float32"),
+        ({"bias": torch.ones(4, dtype=torch.float16)}, TypeError, r"argument `bias`.*float16"),
+        ({"bias": torch.ones(4, device="meta")}, ValueError, r"argument `bias`.*device.*meta"),
+        ({"x": X.long()}, TypeError, r"argument `x`.*floating-point.*torch.int64"),
+        ({"x": X.numpy()}, TypeError, r"argument `x`.*torch.Tensor.*ndarray"),
+        ({"weight": [[1.0]]}, TypeError, r"argument `weight`.*torch.Tensor.*list"),
+        ({"bias": 1.0}, TypeError, r"argument `bias`.*torch.Tensor or None"),
+    ],
+)  # fmt: skip
+def test_torch_only_errors(kwargs, kind, pattern):
+    with pytest.raises(kind, match=pattern):
+        torch_op(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "kind", "pattern"),
+    [
+        ({"data_format": "NWHC"}, ValueError, r"argument `data_format`.*'NCHW' or 'NHWC'"),
+        ({"x": np.array([["a"]], dtype=object)}, TypeError, r"argument `x`.*numeric.*object"),
+        ({"weight": np.array(["a", "b"])}, TypeError, r"argument `weight`.*numeric"),
+    ],
+)
+def test_numpy_only_errors(kwargs, kind, pattern):
+    with pytest.raises(kind, match=pattern):
+        numpy_op(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "kind", "pattern"),
+    [
+        ((0, 4), {}, ValueError, r"argument `in_channels`.*in_channels=0"),
+        ((4, -1), {}, ValueError, r"argument `out_channels`.*out_channels=-1"),
+        ((4.0, 4), {}, TypeError, r"argument `in_channels`"),
+        ((6, 4), {"groups": 4}, ValueError, r"argument `groups`.*divisor of in_channels=6"),
+        ((6, 3), {"groups": 2}, ValueError, r"argument `groups`.*divisor of out_channels=3"),
+        ((6, 4), {"stride": 0}, ValueError, r"argument `stride`"),
+        ((6, 4), {"activation": "mish"}, ValueError, r"argument `activation`.*mish"),
+        ((6, 4), {"bias": "yes"}, TypeError, r"argument `bias`.*True or False"),
+    ],
+)
+def test_conv1x1_module_errors(args, kwargs, kind, pattern):
+    with pytest.raises(kind, match=pattern):
+        Conv1x1(*args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("w", "src", "dst", "kind", "pattern"),
+    [
+        (np.ones((4, 3)), "tf", "torch", ValueError, r"argument `src`.*'keras'.*src='tf'"),
+        (np.ones((4, 3)), "linear", "onnx", ValueError, r"argument `dst`.*dst='onnx'"),
+        (np.ones((4, 3, 1, 1)), "linear", "torch", ValueError, r"argument `w`.*2-D.*'linear'"),
+        (np.ones((4, 3)), "torch", "linear", ValueError, r"argument `w`.*\(K, C/g, 1, 1\)"),
+        (np.ones((4, 3, 1, 1)), "keras", "linear", ValueError, r"argument `w`.*\(1, 1, C/g, K\)"),
+        ([[1.0]], "linear", "torch", TypeError, r"argument `w`.*NumPy array or a torch tensor"),
+    ],
+)
+def test_convert_weight_errors(w, src, dst, kind, pattern):
+    with pytest.raises(kind, match=pattern):
+        obo.convert_weight(w, src, dst)
+
+
+def test_errors_leave_inputs_untouched():
+    x, w = X.clone(), W.clone()
+    with pytest.raises(ValueError):
+        obo.conv1x1(x, w, torch.ones(3))
+    assert torch.equal(x, X) and torch.equal(w, W)

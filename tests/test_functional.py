@@ -1,0 +1,272 @@
+"""The PyTorch op: every backend against the NumPy op, nn.Conv2d and F.linear on the pixel view."""
+
+from __future__ import annotations
+
+import warnings
+
+import hypothesis.strategies as st
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+
+import onebyone as obo
+import onebyone.numpy as onp
+from onebyone import functional
+from onebyone.kernels import onednn
+
+from helpers import TOLERANCES, assert_close
+
+ACTS = {
+    None: lambda z: z,
+    "relu": F.relu,
+    "relu6": F.relu6,
+    "leaky_relu": lambda z: F.leaky_relu(z, 0.01),
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "hardswish": F.hardswish,
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+}
+assert set(ACTS) - {None} == set(obo.ACTIVATIONS)
+
+SHAPES = [
+    # (N, C, K, H, W, stride, groups)
+    (2, 72, 80, 7, 5, 1, 1),
+    (2, 72, 80, 7, 5, 2, 2),
+    (1, 12, 20, 5, 6, (2, 1), 4),
+    (3, 8, 8, 4, 5, 1, 8),  # depthwise
+]
+
+
+def reference(x, w, b, stride, groups, activation=None, residual=None):
+    """NumPy op in float64, then the epilogue in float64 torch."""
+    y = onp.conv1x1(
+        x.detach().double().numpy(),
+        w.detach().double().reshape(w.shape[0], -1).numpy(),
+        None if b is None else b.detach().double().numpy(),
+        stride=stride,
+        groups=groups,
+    )
+    z = torch.from_numpy(np.asarray(y))
+    if residual is not None:
+        z = z + residual.detach().double()
+    return ACTS[activation](z)
+
+
+def make(n, c, k, h, w, groups, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=g).to(dtype)
+    wt = (torch.randn(k, c // groups, generator=g) / (c // groups) ** 0.5).to(dtype)
+    b = torch.randn(k, generator=g).to(dtype)
+    return x, wt, b
+
+
+@pytest.mark.parametrize("backend", ["gemm", "onednn", "auto"])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(("n", "c", "k", "h", "w", "stride", "groups"), SHAPES)
+def test_backends_match_numpy_and_conv2d(backend, channels_last, n, c, k, h, w, stride, groups):
+    x, wt, b = make(n, c, k, h, w, groups)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        y = obo.conv1x1(x, wt, b, stride=stride, groups=groups, backend=backend)
+    assert_close(y, reference(x, wt, b, stride, groups))
+    ref = F.conv2d(x, wt[:, :, None, None], b, stride=stride, groups=groups)
+    assert_close(y, ref)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    assert y.is_contiguous(memory_format=fmt)
+
+
+def test_equals_linear_on_pixel_view():
+    x, wt, b = make(2, 72, 80, 7, 5, 1)
+    rows = x.permute(0, 2, 3, 1).reshape(-1, 72)  # (N*H*W, C)
+    ref = F.linear(rows, wt, b).reshape(2, 7, 5, 80).permute(0, 3, 1, 2)
+    for backend in ("gemm", "onednn"):
+        assert_close(obo.conv1x1(x, wt, b, backend=backend), ref)
+
+
+@pytest.mark.parametrize("activation", list(ACTS))
+@pytest.mark.parametrize("backend", ["gemm", "onednn"])
+@pytest.mark.parametrize("with_residual", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_epilogue(activation, backend, with_residual, channels_last):
+    x, wt, b = make(2, 12, 8, 5, 3, 2, seed=3)
+    x = x * 3  # reach the kinks of relu6 / hardswish
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = x.to(memory_format=fmt)
+    r = torch.randn(2, 8, 3, 2) if with_residual else None
+    with torch.no_grad():
+        y = obo.conv1x1(x, wt, b, stride=(2, 2), groups=2, activation=activation,
+                        residual=r, backend=backend)  # fmt: skip
+    assert_close(y, reference(x, wt, b, (2, 2), 2, activation, r))
+    assert y.is_contiguous(memory_format=fmt)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("backend", ["auto", "gemm"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_dtypes(dtype, backend, channels_last):
+    x, wt, b = make(2, 24, 16, 5, 7, 2, dtype=dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    r = torch.randn(2, 16, 5, 7).to(dtype)
+    y = obo.conv1x1(x, wt, b, groups=2, activation="relu", residual=r, backend=backend)
+    assert y.dtype == dtype
+    assert_close(y, reference(x, wt, b, 1, 2, "relu", r), dtype)
+
+
+def test_unbatched():
+    x, wt, b = make(1, 6, 4, 5, 3, 1)
+    r = torch.randn(4, 3, 2)
+    for backend in ("gemm", "onednn"):
+        y = obo.conv1x1(x[0], wt, b, stride=2, residual=r, backend=backend)
+        assert y.shape == (4, 3, 2)
+        assert_close(y, reference(x, wt, b, 2, 1, None, r[None])[0])
+
+
+def test_four_d_weight_accepted():
+    x, wt, b = make(2, 6, 4, 5, 3, 1)
+    assert_close(obo.conv1x1(x, wt[:, :, None, None], b), obo.conv1x1(x, wt, b))
+
+
+@pytest.mark.parametrize("backend", ["auto", "gemm"])
+def test_empty_inputs(backend):
+    wt = torch.randn(4, 6)
+    assert obo.conv1x1(torch.randn(0, 6, 5, 5), wt, backend=backend).shape == (0, 4, 5, 5)
+    assert obo.conv1x1(torch.randn(2, 6, 0, 5), wt, backend=backend).shape == (2, 4, 0, 5)
+    assert obo.conv1x1(torch.randn(2, 6, 3, 0), wt, stride=2, backend=backend).shape == (2, 4, 2, 0)
+
+
+@pytest.mark.parametrize("backend", ["gemm", "onednn"])
+def test_nan_inf_propagate_like_conv2d(backend):
+    x = torch.randn(1, 4, 3, 3)
+    x[0, 0, 0, 0] = float("nan")
+    x[0, 1, 2, 2] = float("inf")
+    wt = torch.randn(3, 4)
+    y = obo.conv1x1(x, wt, backend=backend)
+    ref = F.conv2d(x, wt[:, :, None, None])
+    assert torch.equal(torch.isnan(y), torch.isnan(ref))
+    assert torch.equal(torch.isinf(y), torch.isinf(ref))
+
+
+def test_inputs_never_modified():
+    x, wt, b = make(2, 6, 4, 5, 3, 1)
+    r = torch.randn(2, 4, 5, 3)
+    before = [t.clone() for t in (x, wt, b, r)]
+    for backend in ("gemm", "onednn"):
+        for act in ("relu", "silu"):
+            obo.conv1x1(x, wt, b, residual=r, activation=act, backend=backend)
+    xg, rg = x.clone().requires_grad_(), r.clone().requires_grad_()
+    obo.conv1x1(xg, wt, b, residual=rg, activation="silu").sum().backward()
+    for t, c in zip((x, wt, b, r), before, strict=True):
+        assert torch.equal(t, c)
+
+
+@pytest.mark.parametrize("activation", list(ACTS))
+def test_gradcheck_every_input(activation):
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 4, 3, 3, dtype=torch.float64, generator=g).requires_grad_()
+    wt = torch.randn(6, 2, dtype=torch.float64, generator=g).requires_grad_()
+    b = torch.randn(6, dtype=torch.float64, generator=g).requires_grad_()
+    r = torch.randn(2, 6, 2, 3, dtype=torch.float64, generator=g).requires_grad_()
+
+    def fn(x, wt, b, r):
+        return obo.conv1x1(x, wt, b, stride=(2, 1), groups=2, activation=activation, residual=r)
+
+    assert torch.autograd.gradcheck(fn, (x, wt, b, r))
+    xc = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    assert torch.autograd.gradcheck(fn, (xc, wt, b, r))
+
+
+def test_training_gradients_match_conv2d():
+    x, wt, b = make(2, 12, 8, 5, 4, 2)
+    r = torch.randn(2, 8, 3, 2)
+    leaves = [t.clone().requires_grad_() for t in (x, wt, b, r)]
+    ours = obo.conv1x1(leaves[0], leaves[1], leaves[2], stride=2, groups=2,
+                       activation="relu6", residual=leaves[3])  # fmt: skip
+    theirs_leaves = [t.clone().requires_grad_() for t in (x, wt, b, r)]
+    xt, wtt, bt, rt = theirs_leaves
+    theirs = F.relu6(F.conv2d(xt, wtt[:, :, None, None], bt, stride=2, groups=2) + rt)
+    grad = torch.randn_like(theirs)
+    ours.backward(grad)
+    theirs.backward(grad)
+    assert_close(ours, theirs)
+    for a, e in zip(leaves, theirs_leaves, strict=True):
+        assert_close(a.grad, e.grad)
+
+
+def test_grouped_is_concat_of_per_group():
+    x, wt, b = make(2, 12, 9, 4, 4, 3)
+    parts = [
+        obo.conv1x1(x[:, 4 * i : 4 * i + 4], wt[3 * i : 3 * i + 3], b[3 * i : 3 * i + 3])
+        for i in range(3)
+    ]
+    assert_close(obo.conv1x1(x, wt, b, groups=3), torch.cat(parts, dim=1))
+
+
+def test_auto_uses_onednn_for_inference_and_gemm_for_training(monkeypatch):
+    calls = []
+    for name, module in functional._KERNELS.items():
+        original = module.conv1x1
+
+        def spy(*args, _name=name, _original=original, **kwargs):
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(module, "conv1x1", spy)
+    x, wt, b = make(1, 6, 4, 3, 3, 1)
+    with torch.no_grad():
+        obo.conv1x1(x, wt, b)
+    obo.conv1x1(x, wt.requires_grad_(), b)
+    obo.conv1x1(x.double(), wt.detach().double(), b.double())
+    assert calls == ["onednn", "gemm", "gemm"]
+
+
+def test_explicit_backend_that_cannot_run_says_why():
+    x = torch.randn(1, 4, 2, 2, requires_grad=True)
+    with pytest.raises(obo.BackendUnavailableError, match=r"backend=.onednn.*no backward"):
+        obo.conv1x1(x, torch.randn(3, 4), backend="onednn")
+    with pytest.raises(obo.BackendUnavailableError, match=r"does not run torch\.float64"):
+        obo.conv1x1(x.detach().double(), torch.randn(3, 4).double(), backend="onednn")
+
+
+def test_auto_falls_back_with_one_warning(monkeypatch):
+    monkeypatch.setattr(onednn, "is_available", lambda: False)
+    monkeypatch.setattr(functional, "_warned_fallback", False)
+    x, wt, b = make(1, 6, 4, 3, 3, 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.no_grad():
+            y1 = obo.conv1x1(x, wt, b)
+            y2 = obo.conv1x1(x, wt, b)
+    assert len([w for w in caught if "oneDNN" in str(w.message)]) == 1
+    assert_close(y1, reference(x, wt, b, 1, 1))
+    assert torch.equal(y1, y2)
+    with pytest.raises(obo.BackendUnavailableError, match=r"no torch\.ops\.mkldnn"):
+        obo.conv1x1(x, wt, b, backend="onednn")
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(0, 2),
+    groups=st.sampled_from([1, 2, 3]),
+    cg=st.integers(1, 5),
+    kg=st.integers(1, 4),
+    h=st.integers(1, 5),
+    w=st.integers(1, 5),
+    stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    channels_last=st.booleans(),
+    backend=st.sampled_from(["auto", "gemm"]),
+)
+def test_property_shapes(n, groups, cg, kg, h, w, stride, channels_last, backend):
+    x, wt, b = make(n, cg * groups, kg * groups, h, w, groups)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    y = obo.conv1x1(x, wt, b, stride=stride, groups=groups, backend=backend)
+    assert_close(y, reference(x, wt, b, stride, groups))
+
+
+def test_tolerance_table_covers_every_dtype():
+    assert set(TOLERANCES) == {torch.float16, torch.bfloat16, torch.float32, torch.float64}
