@@ -1,19 +1,20 @@
 """Portable path: the pointwise convolution as matrix products on views.
 
 Runs on any device and dtype and is differentiable through PyTorch's autograd,
-so it is the training path. Channels-last input is already the ``(N*H*W, C)``
-matrix of pixels, so it becomes one ``addmm`` (groups: one batched GEMM);
-NCHW input is ``N`` products ``W @ X[n]`` with ``X[n]`` the ``(C, H*W)`` view.
+so it is the training path. Channels-last input already is the ``(N*H*W, C)``
+matrix of pixels: one ``addmm`` (groups: one batched GEMM). NCHW input is the
+batch of ``(C/g, H*W)`` matrices: one ``baddbmm`` over ``N*g`` of them. The
+residual (or else the bias) enters the GEMM as its accumulator ``C`` in
+``C + A @ B``, so the epilogue costs no extra pass for it.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from onebyone.kernels.epilogue import apply_activation
 
-__all__ = ["conv1x1", "unsupported"]
+__all__ = ["conv1x1", "is_channels_last", "unsupported"]
 
 
 def unsupported(x: torch.Tensor, needs_grad: bool) -> str | None:
@@ -36,7 +37,7 @@ def conv1x1(
     activation: str | None,
     residual: torch.Tensor | None,
 ) -> torch.Tensor:
-    """``act(conv1x1(x) + bias + residual)`` through matmul/bmm.
+    """``act(conv1x1(x) + bias + residual)`` through addmm/baddbmm.
 
     Shape:
         ``(N, C, H, W) -> (N, K, ceil(H/sh), ceil(W/sw))``; the output is
@@ -51,23 +52,35 @@ def conv1x1(
         pixels = x.permute(0, 2, 3, 1)[:, ::sh, ::sw, :]  # (N, H', W', C), a view
         ho, wo = pixels.shape[1], pixels.shape[2]
         rows = pixels.reshape(n * ho * wo, c)  # (N*P, C)
+        acc = None if residual is None else residual.permute(0, 2, 3, 1).reshape(-1, k)  # (N*P, K)
         if g == 1:
-            y = F.linear(rows, weight, bias)  # (N*P, K)
+            start = acc if acc is not None else bias
+            y = rows @ weight.t() if start is None else torch.addmm(start, rows, weight.t())
+            pending_bias = bias if acc is not None else None
         else:
             per_group = rows.view(-1, g, cg).transpose(0, 1)  # (g, N*P, C/g)
             y = torch.bmm(per_group, weight.view(g, kg, cg).transpose(1, 2))  # (g, N*P, K/g)
             y = y.transpose(0, 1).contiguous().view(-1, k)  # (N*P, K), one copy
-            if bias is not None:
-                y = y.add_(bias)
+            if acc is not None:
+                y = y.add_(acc)
+            pending_bias = bias
+        if pending_bias is not None:
+            y = y.add_(pending_bias)
         out = y.view(n, ho, wo, k).permute(0, 3, 1, 2)  # (N, K, H', W') channels-last
     else:
         cols = x[:, :, ::sh, ::sw]  # (N, C, H', W')
         ho, wo = cols.shape[2], cols.shape[3]
-        cols = cols.reshape(n, g, cg, ho * wo)  # (N, g, C/g, P)
-        y = torch.matmul(weight.view(g, kg, cg), cols)  # (N, g, K/g, P)
+        cols = cols.reshape(n * g, cg, ho * wo)  # (N*g, C/g, P)
+        w_batch = weight.view(g, kg, cg)
+        w_batch = w_batch.expand(n, g, kg, cg).reshape(n * g, kg, cg)  # (N*g, K/g, C/g)
+        if residual is not None:
+            start = residual.reshape(n * g, kg, ho * wo)  # (N*g, K/g, P)
+        elif bias is not None:
+            start = bias.view(g, kg, 1).expand(n, g, kg, 1).reshape(n * g, kg, 1)
+        else:
+            start = None
+        y = torch.bmm(w_batch, cols) if start is None else torch.baddbmm(start, w_batch, cols)
         out = y.view(n, k, ho, wo)
-        if bias is not None:
-            out = out + bias.view(1, k, 1, 1)
-    if residual is not None:
-        out = out.add_(residual)  # out is this call's own buffer; no saved tensor is touched
+        if residual is not None and bias is not None:
+            out = out.add_(bias.view(1, k, 1, 1))  # the residual took the accumulator's place
     return apply_activation(out, activation, inplace=not torch.is_grad_enabled())
