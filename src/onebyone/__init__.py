@@ -9,7 +9,9 @@ from importlib.metadata import PackageNotFoundError, version
 
 from onebyone import nn, numpy
 from onebyone._checks import ACTIVATIONS
+from onebyone.cost import CONVENTION, Cost, conv_cost
 from onebyone.functional import BACKENDS, BackendUnavailableError, conv1x1
+from onebyone.profiling import MachinePeak, Profile, machine_peak, profile
 from onebyone.weights import LAYOUTS, convert_weight
 
 try:
@@ -20,11 +22,18 @@ except PackageNotFoundError:  # running from a source tree without installing
 __all__ = [
     "ACTIVATIONS",
     "BACKENDS",
+    "CONVENTION",
     "LAYOUTS",
     "BackendUnavailableError",
+    "Cost",
+    "MachinePeak",
+    "Profile",
     "__version__",
     "conv1x1",
+    "conv_cost",
     "convert_weight",
+    "machine_peak",
     "nn",
     "numpy",
+    "profile",
 ]
