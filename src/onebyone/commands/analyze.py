@@ -1,0 +1,428 @@
+"""``onebyone analyze MODEL``: exact per-layer costs of a model and a roofline.
+
+Calls ``onebyone.profile``; prints a table per layer and the share of
+parameters and MACs by category, and writes JSON, CSV or a figure on request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import inspect
+import pickle
+import re
+import warnings
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+from onebyone import _checks
+from onebyone.cost import CONVENTION
+from onebyone.profiling import CATEGORIES, Profile, machine_peak, profile
+
+__all__ = ["load_weights", "parse_input", "parse_options", "register", "resolve_model", "run"]
+
+_MODEL_FORMS = "a registered model name (onebyone.list_models()) or package.module:factory"
+_INPUT_FORM = "a shape of positive ints joined by 'x', such as 1x3x224x224"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "analyze",
+        help="exact parameters, MACs, FLOPs, bytes and roofline of every layer of a model",
+        description=("Run MODEL once and count every layer it executes. " + CONVENTION),
+    )
+    p.add_argument("model", metavar="MODEL", help=_MODEL_FORMS)
+    p.add_argument("--input", default="1x3x224x224", metavar="SHAPE",
+                   help="input shape (default 1x3x224x224)")  # fmt: skip
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="keyword argument for the model's factory (repeatable); "
+                   "values are Python literals or plain strings")  # fmt: skip
+    p.add_argument("--weights", metavar="FILE",
+                   help="load a state dict: safetensors, or a torch checkpoint of tensors "
+                   "(read with weights_only=True; nothing in the file is executed)")  # fmt: skip
+    p.add_argument("--top", metavar="N", help="show only the N layers with the most MACs")
+    p.add_argument("--by-category", action="store_true",
+                   help="show the per-category summary instead of the per-layer table")  # fmt: skip
+    p.add_argument("--json", metavar="FILE", help="write the full profile as JSON")
+    p.add_argument("--csv", metavar="FILE", help="write one row per layer as CSV")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="write a figure: category shares and a roofline of the layers")  # fmt: skip
+    p.set_defaults(run=run)
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def parse_input(text: str) -> tuple[int, ...]:
+    """``"1x3x224x224"`` -> ``(1, 3, 224, 224)``."""
+    if not re.fullmatch(r"\s*\d+(\s*[x,]\s*\d+)*\s*", text):
+        raise _checks.invalid("--input", _INPUT_FORM, text)
+    shape = tuple(int(part) for part in re.split(r"[x,]", text))
+    if min(shape) < 1:
+        raise _checks.invalid("--input", _INPUT_FORM, text)
+    return shape
+
+
+def parse_options(items: list[str]) -> dict[str, object]:
+    """``["num_classes=10", "variant=v1"]`` -> ``{"num_classes": 10, "variant": "v1"}``.
+
+    Values are read as Python literals (``10``, ``0.5``, ``True``, ``(1, 2)``),
+    anything else as a plain string.
+    """
+    options: dict[str, object] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise _checks.invalid("--option", "key=value with a Python identifier as key", item)
+        try:
+            options[key] = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            options[key] = raw.strip()
+    return options
+
+
+def _factory(spec: str) -> Callable[..., Any]:
+    if ":" in spec:
+        module_name, _, attribute = spec.partition(":")
+        dotted = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+        if not (dotted.fullmatch(module_name) and dotted.fullmatch(attribute)):
+            raise _checks.invalid("MODEL", _MODEL_FORMS, spec)
+        try:
+            target: Any = importlib.import_module(module_name)
+            for part in attribute.split("."):
+                target = getattr(target, part)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(
+                f"Invalid value for argument `MODEL`. Expected {_MODEL_FORMS}. "
+                f"Received MODEL={spec!r}: {exc}."
+            ) from exc
+        if not callable(target):
+            raise _checks.invalid("MODEL", "package.module:factory naming a callable", spec)
+        return target
+    from onebyone.models import create_model, list_models
+
+    names = list_models()
+    if spec not in names:
+        raise _checks.invalid(
+            "MODEL", f"one of {', '.join(names)}, or package.module:factory", spec
+        )
+    return lambda **options: create_model(spec, **options)
+
+
+def resolve_model(spec: str, options: dict[str, object]) -> nn.Module:
+    """Build the model ``spec`` names with ``options`` as keyword arguments.
+
+    Args:
+        spec: a registered name (``"resnet50"``) or ``"package.module:factory"``.
+        options: keyword arguments for the factory.
+    """
+    factory = _factory(spec)
+    if ":" in spec and options:
+        try:
+            inspect.signature(factory).bind_partial(**options)
+        except TypeError as exc:
+            raise _checks.invalid(
+                "--option", f"keyword arguments that {spec} accepts ({exc})", options
+            ) from exc
+        except ValueError:  # no signature to check (a builtin): let the call decide
+            pass
+    try:
+        model = factory(**options)
+    except TypeError as exc:
+        if not options:
+            raise
+        raise ValueError(
+            f"Invalid value for argument `--option`. Expected options that {spec} accepts. "
+            f"Received {options!r}: {exc}"
+        ) from exc
+    if not isinstance(model, nn.Module):
+        raise _checks.invalid("MODEL", "a factory returning a torch.nn.Module",
+                              f"{spec} -> {type(model).__name__}", kind=TypeError)  # fmt: skip
+    return model
+
+
+# ---------------------------------------------------------------- weights
+
+
+def _state_dict(loaded: object, path: str) -> dict[str, torch.Tensor]:
+    if isinstance(loaded, dict):
+        for key in ("state_dict", "model"):
+            inner = loaded.get(key)
+            if isinstance(inner, dict):
+                loaded = inner
+                break
+    if (
+        isinstance(loaded, dict)
+        and loaded
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items())
+    ):
+        return loaded
+    raise _checks.invalid(
+        "--weights", "a state dict: a mapping of names to tensors", f"{path} holding "
+        f"{type(loaded).__name__}"
+    )  # fmt: skip
+
+
+def load_weights(path: str) -> dict[str, torch.Tensor]:
+    """Read a state dict from safetensors or a torch checkpoint, executing nothing.
+
+    A torch checkpoint is read with ``torch.load(..., weights_only=True)``: a
+    file that needs arbitrary objects unpickled is refused before any runs.
+    Every failure is a ``ValueError`` with a one-line message.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise _checks.invalid("--weights", "an existing file", path)
+    with file.open("rb") as handle:
+        head = handle.read(9)
+    expected = (
+        "Invalid value for argument `--weights`. Expected safetensors or a torch checkpoint "
+        f"of plain tensors. Received {path}"
+    )
+    try:
+        if len(head) == 9 and head[8:9] == b"{":  # safetensors: u64 header size, then JSON
+            from safetensors.torch import load_file
+
+            loaded: object = load_file(str(file), device="cpu")
+        else:
+            with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4"
+                warnings.simplefilter("ignore")
+                loaded = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # the weights-only unpickler stopped before running anything; say why in one line
+        text = str(exc)
+        detail = text.partition("WeightsUnpickler error:")[2].strip() or text.strip()
+        reason = detail.splitlines()[0][:160] if detail else type(exc).__name__
+        if "Unsupported global" in reason:
+            raise ValueError(
+                f"{expected}: refused, loading it would unpickle arbitrary objects ({reason})"
+            ) from None
+        raise ValueError(
+            f"{expected}: unreadable as a weights-only checkpoint ({reason})"
+        ) from None
+    except Exception as exc:  # corrupt or foreign files fail in many ways
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        raise ValueError(f"{expected}: unreadable ({type(exc).__name__} {reason})") from None
+    return _state_dict(loaded, path)
+
+
+def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: str, spec: str) -> None:
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        lines = [ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln]
+        detail = lines[0] if lines else str(exc).strip().splitlines()[0]
+        raise ValueError(
+            f"Invalid value for argument `--weights`. Expected weights of {spec}. "
+            f"Received {path}: {detail}"
+        ) from None
+    if result.missing_keys or result.unexpected_keys:
+        parts = []
+        if result.missing_keys:
+            parts.append(f"{len(result.missing_keys)} missing (first {result.missing_keys[0]})")
+        if result.unexpected_keys:
+            parts.append(
+                f"{len(result.unexpected_keys)} unexpected (first {result.unexpected_keys[0]})"
+            )
+        raise ValueError(
+            f"Invalid value for argument `--weights`. Expected weights of {spec}. "
+            f"Received {path} with keys {', '.join(parts)}."
+        )
+
+
+# ---------------------------------------------------------------- output
+
+
+def _si(value: float) -> str:
+    for scale, suffix in ((1e9, " G"), (1e6, " M"), (1e3, " k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3f}{suffix}"
+    return f"{value:g}"
+
+
+def _share(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "-"
+
+
+def _layer_table(prof: Profile, top: int | None) -> Table:
+    rows = list(enumerate(prof.layers))
+    title = "every counted layer, in execution order"
+    if top is not None:
+        rows = sorted(rows, key=lambda r: (-r[1].cost.macs, -r[1].cost.bytes_moved))[:top]
+        title = f"the {len(rows)} layers with the most MACs"
+    table = Table(title=title)
+    for column in ("#", "layer", "op", "category", "output", "params", "MACs", "bytes",
+                   "FLOP/B", "time us", "bound"):  # fmt: skip
+        table.add_column(
+            column, justify="left" if column in ("layer", "op", "category") else "right"
+        )
+    for index, layer in rows:
+        c = layer.cost
+        table.add_row(
+            str(index),
+            layer.name or f"({layer.type})",
+            layer.op,
+            layer.category,
+            "x".join(map(str, layer.output_shape)),
+            f"{c.params:,}",
+            f"{c.macs:,}",
+            _si(c.bytes_moved),
+            f"{c.arithmetic_intensity:.1f}",
+            f"{layer.time_s * 1e6:.1f}",
+            layer.bound,
+        )
+    return table
+
+
+def _category_table(prof: Profile) -> Table:
+    total = prof.total
+    time_total = prof.time_s
+    table = Table(title="share by category (a parameter shared across categories counts in each)")
+    for column in ("category", "layers", "params", "% params", "MACs", "% MACs", "bytes",
+                   "% time"):  # fmt: skip
+        table.add_column(column, justify="left" if column == "category" else "right")
+    counts = {c: sum(1 for layer in prof.layers if layer.category == c) for c in CATEGORIES}
+    times = {c: sum(l.time_s for l in prof.layers if l.category == c) for c in CATEGORIES}
+    for category, cost in prof.by_category().items():
+        table.add_row(
+            category,
+            str(counts[category]),
+            f"{cost.params:,}",
+            _share(cost.params, total.params),
+            f"{cost.macs:,}",
+            _share(cost.macs, total.macs),
+            _si(cost.bytes_moved),
+            _share(times[category], time_total),
+        )
+    return table
+
+
+def _report(console: Console, prof: Profile, spec: str, args: argparse.Namespace) -> None:
+    peak = prof.peak
+    inputs = ", ".join("x".join(map(str, s)) for s in prof.inputs)
+    console.print(f"[bold]onebyone analyze {spec}[/]: {prof.model}, input {inputs}, {prof.dtype}")
+    console.print(f"convention: {CONVENTION}")
+    console.print(
+        f"roofline: {peak.gflops:.1f} GFLOP/s ({peak.engine}), {peak.gbps:.1f} GB/s, "
+        f"measured on this {peak.device}; ridge {peak.ridge:.1f} FLOP/B"
+    )
+    if not args.by_category:
+        console.print(_layer_table(prof, None if args.top is None else _top(args.top)))
+    console.print(_category_table(prof))
+    t = prof.total
+    console.print(
+        f"[bold]total[/]: params {t.params:,} ({_si(t.params)}), MACs {t.macs:,} "
+        f"({_si(t.macs)}), FLOPs {t.flops:,}, bias adds {t.bias_adds:,}, "
+        f"other ops {t.other_ops:,}, bytes {t.bytes_moved:,}, "
+        f"predicted {prof.time_s * 1e3:.3f} ms"
+    )
+    unused = prof.unused_params
+    if unused:
+        modules: dict[str, int] = defaultdict(int)
+        for name, size in unused.items():
+            modules[name.rpartition(".")[0] or name] += size
+        listed = ", ".join(f"{m} ({n:,})" for m, n in modules.items())
+        console.print(
+            f"parameters never read in this pass (not in the total): "
+            f"{sum(unused.values()):,} in {listed}"
+        )
+    if prof.uncounted:
+        listed = ", ".join(f"{name} x{n}" for name, n in sorted(prof.uncounted.items()))
+        console.print(f"calls seen but not counted: {listed}")
+
+
+def _top(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise _checks.invalid("--top", "a positive int", text)
+    return int(text)
+
+
+def _plot(prof: Profile, path: str) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 5), layout="constrained")
+    shares, roof = fig.subplots(1, 2)
+    total = prof.total
+    by_category = prof.by_category()
+    ys = range(len(CATEGORIES))
+    params = [100 * by_category[c].params / total.params if total.params else 0 for c in CATEGORIES]
+    macs = [100 * by_category[c].macs / total.macs if total.macs else 0 for c in CATEGORIES]
+    shares.barh([y - 0.2 for y in ys], params, height=0.4, label="% of parameters")
+    shares.barh([y + 0.2 for y in ys], macs, height=0.4, label="% of MACs")
+    shares.set_yticks(list(ys), CATEGORIES)
+    shares.invert_yaxis()
+    shares.set_xlabel("share (%)")
+    shares.set_title(f"{prof.model}: where parameters and MACs are")
+    shares.legend()
+
+    peak = prof.peak
+    layers = [layer for layer in prof.layers if layer.cost.flops > 0]
+    if layers:
+        lo = min(layer.cost.arithmetic_intensity for layer in layers) / 2
+        hi = max(max(layer.cost.arithmetic_intensity for layer in layers) * 2, peak.ridge * 4)
+        xs = [lo, peak.ridge, hi]
+        roof.plot(xs, [min(peak.gflops, peak.gbps * x) for x in xs], color="black", lw=1,
+                  label=f"roof: {peak.gflops:.0f} GFLOP/s, {peak.gbps:.0f} GB/s")  # fmt: skip
+        for category in CATEGORIES:
+            mine = [layer for layer in layers if layer.category == category]
+            if mine:
+                roof.scatter(
+                    [layer.cost.arithmetic_intensity for layer in mine],
+                    [layer.cost.flops / layer.time_s / 1e9 for layer in mine],
+                    s=[12 + 300 * layer.time_s / prof.time_s for layer in mine],
+                    alpha=0.7,
+                    label=category,
+                )
+        roof.set_xscale("log")
+        roof.set_yscale("log")
+        roof.legend(fontsize="small")
+    roof.set_xlabel("arithmetic intensity (FLOP/byte, FLOPs = 2 x MACs)")
+    roof.set_ylabel("predicted GFLOP/s")
+    roof.set_title("roofline of the layers with MACs (size: share of time)")
+    fig.savefig(path, dpi=120)
+
+
+def run(args: argparse.Namespace) -> int:
+    shape = parse_input(args.input)
+    options = parse_options(args.option)
+    if args.top is not None:
+        _top(args.top)
+    status = Console(stderr=True)
+    with status.status(f"building {args.model}"):
+        model = resolve_model(args.model, options)
+        if args.weights is not None:
+            _load_into(model, load_weights(args.weights), args.weights, args.model)
+    with status.status("measuring this machine's peak GFLOP/s and GB/s"):
+        peak = machine_peak()
+    with status.status(f"profiling {args.model} on {args.input}"):
+        try:
+            prof = profile(model, shape, peak=peak)
+        except RuntimeError as exc:  # the model rejects the input
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(
+                f"Invalid value for argument `--input`. Expected an input {args.model} "
+                f"accepts. Received --input={args.input!r}: {first}"
+            ) from None
+    console = Console()
+    if not console.is_terminal:
+        console.width = 160
+    _report(console, prof, args.model, args)
+    if args.json:
+        Path(args.json).write_text(prof.to_json())
+        console.print(f"wrote {args.json}")
+    if args.csv:
+        Path(args.csv).write_text(prof.to_csv())
+        console.print(f"wrote {args.csv}")
+    if args.plot:
+        _plot(prof, args.plot)
+        console.print(f"wrote {args.plot}")
+    return 0
