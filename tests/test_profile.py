@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 
@@ -82,9 +83,10 @@ def test_totals_agree_with_pytorch_flop_counter():
         nn.MaxPool2d(3, 2, 1),
         nn.Conv2d(16, 32, 1),
         nn.Conv2d(32, 32, 3, padding=1, groups=32),
+        nn.ConvTranspose2d(32, 16, 3, stride=2, padding=1, groups=2),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
-        nn.Linear(32, 10),
+        nn.Linear(16, 10),
     ).eval()
     x = torch.randn(2, 3, 33, 29)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -96,6 +98,14 @@ def test_totals_agree_with_pytorch_flop_counter():
     assert list(by_category) == list(CATEGORIES)
     assert sum(c.macs for c in by_category.values()) == p.total.macs
     assert sum(c.bytes_read for c in by_category.values()) == p.total.bytes_read
+    assert [l.category for l in p.layers if l.op == "conv_transpose2d"] == ["grouped"]
+
+    tokens = nn.Linear(32, 10)  # applied to every row of a (2, 7, 32) input
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        tokens(torch.zeros(2, 7, 32))
+    (row,) = obo.profile(tokens, (2, 7, 32), peak=PEAK).layers
+    assert row.cost.flops == counter.get_total_flops() == 2 * 2 * 7 * 10 * 32
+    assert row.cost.bias_adds == 2 * 7 * 10
 
 
 class Twice(nn.Module):
@@ -289,6 +299,15 @@ def test_csv_has_one_row_per_layer():
             assert int(row[key]) == getattr(layer.cost, key)
         assert float(row["time_s"]) == layer.time_s
         assert float(row["arithmetic_intensity"]) == layer.cost.arithmetic_intensity
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_model_gets_the_gpu_roofline_and_the_same_counts():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
+    on_cpu = obo.profile(model, (2, 3, 16, 16), peak=PEAK)
+    on_gpu = obo.profile(copy.deepcopy(model).cuda(), (2, 3, 16, 16))
+    assert on_gpu.peak.device.startswith("cuda") and on_gpu.peak.gflops > 0
+    assert [l.cost for l in on_gpu.layers] == [l.cost for l in on_cpu.layers]
 
 
 def test_machine_peak_is_measured_once():

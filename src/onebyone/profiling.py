@@ -792,9 +792,9 @@ def profile(
     ops apart; params count weights, biases and norm affine terms, not
     running statistics (torchvision convention).
 
-    The counts depend on shapes only, so a model built on the meta device
+    The counts depend on shapes only, so a model on the meta device
     (``with torch.device("meta"): model = ...``) is profiled without
-    computing anything, which is much faster for large inputs.
+    allocating or computing any data.
 
     Args:
         model: any ``nn.Module``.

@@ -128,13 +128,17 @@ def resolve_model(spec: str, options: dict[str, object]) -> nn.Module:
     factory = _factory(spec)
     if ":" in spec and options:
         try:
-            inspect.signature(factory).bind_partial(**options)
-        except TypeError as exc:
-            raise _checks.invalid(
-                "--option", f"keyword arguments that {spec} accepts ({exc})", options
-            ) from exc
+            signature = inspect.signature(factory)
         except ValueError:  # no signature to check (a builtin): let the call decide
-            pass
+            signature = None
+        if signature is not None:
+            try:
+                signature.bind_partial(**options)
+            except TypeError as exc:
+                names = ", ".join(signature.parameters) or "none"
+                raise _checks.invalid(
+                    "--option", f"keyword arguments that {spec} accepts ({names}); {exc}", options
+                ) from exc
     try:
         model = factory(**options)
     except TypeError as exc:
@@ -249,6 +253,13 @@ def _si(value: float) -> str:
     return f"{value:g}"
 
 
+def _seconds(value: float) -> str:
+    for scale, unit in ((1.0, "s"), (1e-3, "ms")):
+        if value >= scale:
+            return f"{value / scale:.3f} {unit}"
+    return f"{value / 1e-6:.3f} us"
+
+
 def _share(part: float, whole: float) -> str:
     return f"{100 * part / whole:.1f}%" if whole else "-"
 
@@ -323,7 +334,7 @@ def _report(console: Console, prof: Profile, spec: str, args: argparse.Namespace
         f"[bold]total[/]: params {t.params:,} ({_si(t.params)}), MACs {t.macs:,} "
         f"({_si(t.macs)}), FLOPs {t.flops:,}, bias adds {t.bias_adds:,}, "
         f"other ops {t.other_ops:,}, bytes {t.bytes_moved:,}, "
-        f"predicted {prof.time_s * 1e3:.3f} ms"
+        f"predicted {_seconds(prof.time_s)}"
     )
     unused = prof.unused_params
     if unused:
