@@ -17,10 +17,23 @@ from onebyone.kernels import gemm, onednn
 
 __all__ = ["BACKENDS", "BackendUnavailableError", "conv1x1"]
 
-BACKENDS: tuple[str, ...] = ("auto", "gemm", "onednn")
+BACKENDS: tuple[str, ...] = ("auto", "gemm", "onednn", "triton")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_KERNELS: dict[str, ModuleType] = {"gemm": gemm, "onednn": onednn}
+_KERNELS: dict[str, ModuleType] = {"gemm": gemm, "onednn": onednn}  # "triton": on first use
 _warned_fallback = False
+_warned_no_triton = False
+
+
+def _kernel(backend: str) -> ModuleType | str:
+    """The kernel module of ``backend``, or why it cannot be loaded (Triton is optional)."""
+    if backend in _KERNELS:
+        return _KERNELS[backend]
+    try:  # imported lazily: `import onebyone` works without Triton
+        from onebyone.kernels import triton as triton_kernels
+    except (ImportError, RuntimeError) as error:
+        return f"Triton cannot be imported ({error}); pip install 'onebyone[triton]'"
+    _KERNELS[backend] = triton_kernels
+    return triton_kernels
 
 
 class BackendUnavailableError(RuntimeError):
@@ -61,12 +74,22 @@ def _same_kind(x: torch.Tensor, others: dict[str, torch.Tensor | None]) -> None:
 
 
 def _pick_kernel(backend: str, x: torch.Tensor, needs_grad: bool) -> ModuleType:
-    global _warned_fallback
+    global _warned_fallback, _warned_no_triton
     if backend != "auto":
-        reason = _KERNELS[backend].unsupported(x, needs_grad)
-        if reason is not None:
+        kernel = _kernel(backend)
+        reason = kernel if isinstance(kernel, str) else kernel.unsupported(x, needs_grad)
+        if reason is not None or isinstance(kernel, str):
             raise BackendUnavailableError(f"backend={backend!r} cannot run here: {reason}.")
-        return _KERNELS[backend]
+        return kernel
+    if x.device.type == "cuda":
+        kernel = _kernel("triton")
+        if isinstance(kernel, ModuleType) and kernel.unsupported(x, needs_grad) is None:
+            return kernel
+        if isinstance(kernel, str) and not _warned_no_triton:
+            _warned_no_triton = True
+            warnings.warn(
+                f"onebyone: {kernel}. CUDA uses the GEMM path.", RuntimeWarning, stacklevel=3
+            )
     if x.device.type == "cpu" and not needs_grad:
         if onednn.unsupported(x, needs_grad) is None:
             return onednn
@@ -105,8 +128,9 @@ def conv1x1(
         activation: ``None`` or one of ``relu``, ``relu6``, ``leaky_relu`` (slope
             0.01), ``silu``, ``gelu`` (exact erf form), ``hardswish``, ``sigmoid``, ``tanh``.
         residual: optional tensor of the output's shape, added before the activation.
-        backend: ``"auto"`` (oneDNN for CPU inference, else the GEMM path),
-            ``"gemm"`` (matmul on views; any device, autograd) or ``"onednn"``.
+        backend: ``"auto"`` (oneDNN for CPU inference, Triton for CUDA tensors when
+            Triton is installed, else the GEMM path), ``"gemm"`` (matmul on views; any
+            device, autograd), ``"onednn"`` or ``"triton"`` (forward and backward).
             An explicit backend that cannot run raises ``BackendUnavailableError``.
 
     Shape:
