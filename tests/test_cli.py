@@ -51,7 +51,7 @@ def test_library_errors_become_one_line(capsys, monkeypatch):
     )
 
 
-def test_demo_runs(capsys):
-    assert main(["demo"]) == 0
+def test_demo_runs(capsys, tmp_path):
+    assert main(["demo", "--quick", "--no-figures", "--epochs", "1", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "4.6" in out and "0.6" in out  # the computed T[5,2] next to the seed's printed one
