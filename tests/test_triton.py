@@ -236,6 +236,29 @@ def test_strided_views_unbatched_and_expanded_gradients():
     assert_close(single, F.conv2d(x[:1].detach(), wt.detach(), stride=(3, 2))[0], torch.float64)
 
 
+@pytest.mark.parametrize("trained", ["x", "weight", "bias", "residual"])
+def test_gradient_of_one_input_only(trained):
+    """Frozen inputs get no gradient; the trained one gets the right one."""
+    shape = SHAPES[1]
+    stride, groups = shape[5], shape[6]
+    inputs = make_case(*shape, dtype=torch.float64, channels_last=False)
+    names = ("x", "weight", "bias", "residual")
+    for name, t in zip(names, inputs, strict=True):
+        t.requires_grad_(name == trained)
+    x, wt, b, r = inputs
+    y = obo.conv1x1(
+        x, wt, b, stride=stride, groups=groups, activation="gelu", residual=r, backend="triton"
+    )
+    grad_y = torch.randn(y.shape, dtype=y.dtype, generator=torch.Generator().manual_seed(2))
+    y.backward(grad_y.to(DEVICE))
+    expected = conv2d_grads(x, wt, b, r, stride, groups, "gelu", grad_y)
+    for name, t, e in zip(names, inputs, expected, strict=True):
+        if name == trained:
+            assert_close(t.grad, e, torch.float64)
+        else:
+            assert t.grad is None, name
+
+
 def test_skipped_pixels_get_zero_gradient():
     x = torch.randn(1, 3, 5, 4, device=DEVICE, requires_grad=True)
     wt = torch.randn(2, 3, device=DEVICE)

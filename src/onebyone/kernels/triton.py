@@ -43,6 +43,7 @@ float32 either way).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -476,6 +477,11 @@ def _accumulator(dtype: torch.dtype) -> tl.dtype:
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
+def _on_device(t: torch.Tensor) -> contextlib.AbstractContextManager[Any]:
+    """Launch on ``t``'s GPU (Triton launches on the current device)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if gemm.is_channels_last(x) else torch.contiguous_format
 
@@ -647,12 +653,13 @@ def _activation_grad(
 def _input_grad(
     grad_z: torch.Tensor,
     weight: torch.Tensor,
-    x: torch.Tensor,
+    x_shape: torch.Size,
+    x_format: torch.memory_format,
     stride: tuple[int, int],
     groups: int,
 ) -> torch.Tensor:
     """``grad_x``: ``grad_z @ W`` on the stride grid, zero at the skipped pixels."""
-    grad_x = torch.empty(x.shape, device=x.device, dtype=x.dtype, memory_format=_memory_format(x))
+    grad_x = torch.empty(x_shape, device=grad_z.device, dtype=weight.dtype, memory_format=x_format)
     if stride != (1, 1):
         grad_x.zero_()  # the kernel writes only the pixels the convolution read
     _pixel_gemm(grad_z, (1, 1), weight, False, grad_x, stride, groups=groups)
@@ -662,14 +669,13 @@ def _input_grad(
 def _weight_grad(
     grad_z: torch.Tensor,
     x: torch.Tensor,
-    weight: torch.Tensor,
     stride: tuple[int, int],
     groups: int,
     with_bias: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(grad_weight, grad_bias)``: pixel chunks reduced in a fixed order."""
     n, k, height, width = grad_z.shape
-    cg = weight.shape[1]
+    cg = x.shape[1] // groups
     kg = k // groups
     pixels = n * height * width
     if INTERPRETED or x.device.type != "cuda":
@@ -722,8 +728,8 @@ def _weight_grad(
         DOT_PRECISION=_dot_precision(x.dtype),
         UPCAST=_upcast(x.dtype),
     )
-    grad_weight = dw.sum(0).to(weight.dtype)  # (split, K, C/g) -> (K, C/g), fixed order
-    grad_bias = db.sum(0).to(weight.dtype) if with_bias else None
+    grad_weight = dw.sum(0).to(x.dtype)  # (split, K, C/g) -> (K, C/g), fixed order
+    grad_bias = db.sum(0).to(x.dtype) if with_bias else None
     return grad_weight, grad_bias
 
 
@@ -742,11 +748,14 @@ class TritonConv1x1(torch.autograd.Function):
         activation: str | None,
     ) -> torch.Tensor:
         keep_z = activation in _NEEDS_PREACTIVATION
-        y, z = _forward(x, weight, bias, residual, stride, groups, activation, keep_z)
+        with _on_device(x):
+            y, z = _forward(x, weight, bias, residual, stride, groups, activation, keep_z)
         saved = z if keep_z else (y if activation is not None else None)
-        ctx.save_for_backward(x, weight, saved)
+        need_x, need_w = ctx.needs_input_grad[:2]
+        # x is needed only for the weight's gradient, the weight only for x's
+        ctx.save_for_backward(x if need_w else None, weight if need_x else None, saved)
+        ctx.x_shape, ctx.x_format = x.shape, _memory_format(x)
         ctx.stride, ctx.groups, ctx.activation = stride, groups, activation
-        ctx.has_bias = bias is not None
         return y
 
     @staticmethod
@@ -754,15 +763,20 @@ class TritonConv1x1(torch.autograd.Function):
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight, saved = ctx.saved_tensors
         need_x, need_w, need_b, need_r = ctx.needs_input_grad[:4]
-        grad_z = _activation_grad(grad_y, saved, ctx.activation)
-        grad_x = _input_grad(grad_z, weight, x, ctx.stride, ctx.groups) if need_x else None
-        grad_w = grad_b = None
-        if need_w or need_b:
-            grad_w, grad_b = _weight_grad(
-                grad_z, x, weight, ctx.stride, ctx.groups, ctx.has_bias and need_b
-            )
+        grad_x = grad_w = grad_b = None
+        with _on_device(grad_y):
+            grad_z = _activation_grad(grad_y, saved, ctx.activation)
+            if need_x:
+                grad_x = _input_grad(
+                    grad_z, weight, ctx.x_shape, ctx.x_format, ctx.stride, ctx.groups
+                )
+            if need_w:
+                grad_w, grad_b = _weight_grad(grad_z, x, ctx.stride, ctx.groups, need_b)
+        if need_b and grad_b is None:  # frozen weight, trained bias
+            acc = torch.float64 if grad_z.dtype == torch.float64 else torch.float32
+            grad_b = grad_z.sum(dim=(0, 2, 3), dtype=acc).to(grad_z.dtype)
         grad_r = grad_z if need_r else None
-        return grad_x, grad_w if need_w else None, grad_b, grad_r, None, None, None
+        return grad_x, grad_w, grad_b, grad_r, None, None, None
 
 
 def conv1x1(
@@ -791,4 +805,5 @@ def conv1x1(
             x, weight, bias, residual, stride, groups, activation
         )
         return out
-    return _forward(x, weight, bias, residual, stride, groups, activation, False)[0]
+    with _on_device(x):
+        return _forward(x, weight, bias, residual, stride, groups, activation, False)[0]
