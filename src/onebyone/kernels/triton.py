@@ -15,9 +15,10 @@ the same kernels:
 - grad of the input: ``_gemm_kernel`` again, ``grad_z @ W``, storing onto the
   stride grid of a zero-filled ``grad_x`` (skipped pixels get zero gradient);
 - grad of the weight and bias: ``_weight_grad_kernel``, ``grad_z^T @ x``
-  reduced over pixels. Pixels are split into chunks whose float32 partial
-  sums land in a workspace that is summed in a fixed order: no atomics, so
-  the result is the same on every run.
+  reduced over pixels. Pixels are split into chunks whose partial sums
+  (float32; float64 for float64) land in a workspace summed in a fixed
+  order: no atomics, so for a given block configuration the result is the
+  same on every run.
 
 Offsets are computed in int64, so tensors of more than ``2**31`` elements are
 addressed correctly. Block sizes are autotuned once per problem size over a
