@@ -1,0 +1,178 @@
+"""Shared benchmark plumbing: timing, the machine's measured peak, the layer suite, output.
+
+Benchmarks are scripts, not tests: each compares providers side by side in one
+run (ratios hold on a noisy machine; absolute times do not), reports the median
+of repeated runs after warm-up, and writes JSON under ``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def median_seconds(
+    fn: Callable[[], object], *, warmup: int = 2, min_runs: int = 5, budget_s: float = 0.25
+) -> float:
+    """Median wall time of ``fn()`` over at least ``min_runs`` runs within about ``budget_s``."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_runs or (time.perf_counter() - start < budget_s and len(times) < 200):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def geomean(values: Iterable[float]) -> float:
+    vals = [v for v in values if v > 0]
+    return math.exp(sum(math.log(v) for v in vals) / len(vals)) if vals else float("nan")
+
+
+@dataclass(frozen=True)
+class Peak:
+    """This machine's fp32 peak as measured now by several engines; ``gflops`` is the best."""
+
+    gflops: float
+    engine: str
+    by_engine: dict[str, float]
+    bandwidth_gbs: float
+
+
+def measure_peak(size: int = 2048) -> Peak:
+    """fp32 GFLOP/s of the fastest engine at hand and copy bandwidth in GB/s.
+
+    Engines: ``torch.matmul`` (MKL here), ``np.matmul`` (OpenBLAS), and oneDNN's
+    1x1 convolution in channels-last on the same ``size^3`` product (the fastest
+    on these machines).
+    """
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=g)
+    b = torch.randn(size, size, generator=g)
+    an, bn = a.numpy(), b.numpy()
+    flops = 2.0 * size**3
+    side = math.isqrt(size)
+    x_cl = a.reshape(1, side, side, size).permute(0, 3, 1, 2)  # (1, C, H, W) channels-last
+    w4 = b.reshape(size, size, 1, 1)
+    engines: dict[str, Callable[[], object]] = {
+        "torch.matmul": lambda: torch.matmul(a, b),
+        "numpy.matmul": lambda: np.matmul(an, bn),
+    }
+    if side * side == size:
+        engines["onednn conv1x1 (channels-last)"] = lambda: F.conv2d(x_cl, w4)
+    by_engine = {
+        name: flops / median_seconds(fn, min_runs=5, budget_s=0.5) / 1e9
+        for name, fn in engines.items()
+    }
+    best = max(by_engine, key=by_engine.__getitem__)
+    big = torch.empty(64 * 1024 * 1024 // 4)  # 64 MiB, far beyond the caches
+    dst = torch.empty_like(big)
+    copy_s = median_seconds(lambda: dst.copy_(big), min_runs=5, budget_s=0.3)
+    bandwidth = 2 * big.numel() * 4 / copy_s / 1e9  # read + write
+    return Peak(by_engine[best], best, by_engine, bandwidth)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One 1x1 layer of the suite (input ``(batch, c, h, w)``, ``k`` filters)."""
+
+    c: int
+    k: int
+    h: int
+    w: int
+    stride: int = 1
+    groups: int = 1
+    batch: int = 1
+    source: str = ""
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        return -(-self.h // self.stride), -(-self.w // self.stride)
+
+    @property
+    def macs(self) -> int:
+        ho, wo = self.out_hw
+        return self.batch * self.k * (self.c // self.groups) * ho * wo
+
+    def bytes_moved(self, itemsize: int = 4, *, residual: bool = False) -> int:
+        ho, wo = self.out_hw
+        outputs = self.batch * self.k * ho * wo
+        reads = self.batch * self.c * self.h * self.w + self.k * self.c // self.groups + self.k
+        return itemsize * (reads + outputs * (2 if residual else 1))
+
+    @property
+    def name(self) -> str:
+        extra = (f" s{self.stride}" if self.stride > 1 else "") + (
+            f" g{self.groups}" if self.groups > 1 else ""
+        )
+        return f"{self.c}->{self.k} @{self.h}x{self.w}{extra} n{self.batch}"
+
+
+ODD_LAYERS = [Layer(72, 80, 56, 56, stride=2, groups=2, source="odd")]
+
+
+def layer_suite(
+    batches: Iterable[int] = (1, 8), *, models: Iterable[str] | None = None
+) -> list[Layer]:
+    """Every distinct 1x1 layer shape of the built-in ResNet-50, MobileNetV2 and GoogLeNet
+    at 224x224, at each batch size, plus the odd shapes."""
+    from onebyone import create_model
+    from onebyone.nn import Conv1x1
+
+    names = list(models or ("resnet50", "mobilenet_v2", "googlenet"))
+    shapes: dict[tuple[int, int, int, int, int, int], str] = {}
+    for name in names:
+        model = create_model(name).eval()
+
+        def hook(
+            module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], _out: Any, src: str = name
+        ) -> None:
+            _, c, h, w = inputs[0].shape
+            key = (c, module.out_channels, h, w, module.stride[0], module.groups)
+            shapes.setdefault(key, src)
+
+        handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, Conv1x1)]
+        with torch.no_grad():
+            model(torch.zeros(1, 3, 224, 224))
+        for h in handles:
+            h.remove()
+    base = [Layer(c, k, h, w, s, g, source=src) for (c, k, h, w, s, g), src in shapes.items()]
+    base += ODD_LAYERS
+    return [Layer(**{**asdict(layer), "batch": b}) for b in batches for layer in base]
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def write_json(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    tmp.replace(path)
+    return path
