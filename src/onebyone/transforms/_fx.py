@@ -1,0 +1,235 @@
+"""``torch.fx`` helpers shared by the transforms: tracing, module paths, op recognition.
+
+The transforms find their patterns on an ``fx`` graph (residual adds live in
+``forward``, not in modules) and then either swap modules in a copy of the
+model (when every change is expressible that way, so the model keeps its
+class) or rewrite the graph of a ``torch.fx.GraphModule``.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from onebyone.kernels.epilogue import LEAKY_RELU_SLOPE
+from onebyone.nn.conv import Conv1x1
+
+__all__ = [
+    "CONV_TYPES",
+    "Tracer",
+    "activation_of",
+    "call_counts",
+    "compute_nodes",
+    "drop_identities",
+    "graph_module",
+    "is_add",
+    "is_inplace",
+    "mutates",
+    "set_module",
+    "trace",
+]
+
+CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, Conv1x1)
+"""Convolution modules the transforms understand (weight ``(K, C/g, *kernel)`` or ``(K, C/g)``)."""
+
+_LEAF_TYPES: list[type[nn.Module]] = [Conv1x1]
+
+
+def register_leaf(cls: type[nn.Module]) -> type[nn.Module]:
+    """Class decorator: keep modules of ``cls`` as single nodes when tracing."""
+    _LEAF_TYPES.append(cls)
+    return cls
+
+
+class Tracer(fx.Tracer):
+    """``torch.fx.Tracer`` that keeps onebyone's layers (``Conv1x1``, fused modules) whole."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if isinstance(m, tuple(_LEAF_TYPES)):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+def trace(model: nn.Module) -> tuple[fx.Graph | None, str | None]:
+    """Trace ``model`` symbolically; ``(graph, None)`` or ``(None, why it does not trace)``.
+
+    The graph refers to submodules by their dotted paths in ``model``; ``model``
+    itself is not modified.
+    """
+    try:
+        graph = Tracer().trace(model)
+    except Exception as exc:  # fx raises many kinds (TraceError, TypeError, RuntimeError, ...)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return None, f"{type(exc).__name__}: {first}"[:200]
+    drop_identities(graph, dict(model.named_modules()), dropout=False)
+    return graph, None
+
+
+def drop_identities(graph: fx.Graph, modules: dict[str, nn.Module], *, dropout: bool) -> int:
+    """Remove calls of ``nn.Identity`` (and, with ``dropout``, of eval-mode dropout) from
+    ``graph``; returns how many were removed."""
+    kinds: tuple[type[nn.Module], ...] = (nn.Identity,)
+    if dropout:
+        kinds += (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+    removed = 0
+    for node in list(graph.nodes):
+        m = modules.get(str(node.target)) if node.op == "call_module" else None
+        if (
+            isinstance(m, kinds)
+            and not (m.training and not isinstance(m, nn.Identity))
+            and len(node.args) == 1
+            and not node.kwargs
+            and isinstance(node.args[0], fx.Node)
+        ):
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+            removed += 1
+    return removed
+
+
+def set_module(root: nn.Module, path: str, module: nn.Module) -> None:
+    """Replace the submodule at dotted ``path`` of ``root`` by ``module`` (which takes the
+    replaced module's training mode)."""
+    parent_path, _, name = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    old = getattr(parent, name, None)
+    module.train(old.training if isinstance(old, nn.Module) else parent.training)
+    setattr(parent, name, module)
+
+
+def graph_module(root: nn.Module, graph: fx.Graph, like: nn.Module) -> fx.GraphModule:
+    """``fx.GraphModule(root, graph)`` named and in the training mode of ``like``."""
+    gm = fx.GraphModule(root, graph, class_name=type(like).__name__)
+    gm.train(like.training)
+    return gm
+
+
+def call_counts(graph: fx.Graph) -> Counter[str]:
+    """How many ``call_module`` nodes call each submodule path."""
+    return Counter(str(n.target) for n in graph.nodes if n.op == "call_module")
+
+
+def compute_nodes(graph: fx.Graph) -> list[fx.Node]:
+    """The nodes that compute something (not inputs, outputs or attribute reads)."""
+    return [n for n in graph.nodes if n.op in ("call_module", "call_function", "call_method")]
+
+
+# --- activations -------------------------------------------------------------------------
+
+_MODULE_ACTIVATIONS: dict[type[nn.Module], str] = {
+    nn.ReLU: "relu",
+    nn.ReLU6: "relu6",
+    nn.SiLU: "silu",
+    nn.Hardswish: "hardswish",
+    nn.Sigmoid: "sigmoid",
+    nn.Tanh: "tanh",
+}
+_FUNCTION_ACTIVATIONS: dict[Callable[..., Any], str] = {
+    F.relu: "relu",
+    torch.relu: "relu",
+    torch.relu_: "relu",
+    F.relu_: "relu",
+    F.relu6: "relu6",
+    F.silu: "silu",
+    F.hardswish: "hardswish",
+    torch.sigmoid: "sigmoid",
+    F.sigmoid: "sigmoid",
+    torch.tanh: "tanh",
+    F.tanh: "tanh",
+}
+_METHOD_ACTIVATIONS: dict[str, str] = {
+    "relu": "relu",
+    "relu_": "relu",
+    "sigmoid": "sigmoid",
+    "sigmoid_": "sigmoid",
+    "tanh": "tanh",
+    "tanh_": "tanh",
+}
+
+
+def _arg(node: fx.Node, index: int, name: str, default: object) -> object:
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def activation_of(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
+    """The onebyone activation name that ``node`` computes from its first argument, if any.
+
+    Recognises activation modules (``nn.ReLU``, ``nn.ReLU6``, ``nn.Hardtanh(0, 6)``,
+    ``nn.LeakyReLU(0.01)``, ``nn.SiLU``, ``nn.GELU()``, ``nn.Hardswish``,
+    ``nn.Sigmoid``, ``nn.Tanh``), their functional forms and tensor methods.
+    """
+    if node.op == "call_module":
+        m = modules.get(str(node.target))
+        if m is None:
+            return None
+        if type(m) in _MODULE_ACTIVATIONS:
+            return _MODULE_ACTIVATIONS[type(m)]
+        if type(m) is nn.Hardtanh and (m.min_val, m.max_val) == (0.0, 6.0):
+            return "relu6"
+        if type(m) is nn.LeakyReLU and m.negative_slope == LEAKY_RELU_SLOPE:
+            return "leaky_relu"
+        if type(m) is nn.GELU and m.approximate == "none":
+            return "gelu"
+        return None
+    if node.op == "call_function":
+        target = node.target
+        if target in _FUNCTION_ACTIVATIONS:
+            return _FUNCTION_ACTIVATIONS[target]
+        if target is F.leaky_relu and _arg(node, 1, "negative_slope", 0.01) == LEAKY_RELU_SLOPE:
+            return "leaky_relu"
+        if target is F.gelu and node.kwargs.get("approximate", "none") == "none":
+            return "gelu"
+        if target is F.hardtanh and (
+            _arg(node, 1, "min_val", -1.0),
+            _arg(node, 2, "max_val", 1.0),
+        ) == (0.0, 6.0):
+            return "relu6"
+        return None
+    if node.op == "call_method" and len(node.args) == 1 and not node.kwargs:
+        return _METHOD_ACTIVATIONS.get(str(node.target))
+    return None
+
+
+def is_add(node: fx.Node) -> bool:
+    """True when ``node`` is a plain two-tensor addition ``a + b`` (no ``alpha``)."""
+    if len(node.args) != 2 or node.kwargs.get("alpha", 1) != 1:
+        return False
+    extra = set(node.kwargs) - {"alpha"}
+    if extra:
+        return False
+    if not all(isinstance(a, fx.Node) for a in node.args):
+        return False
+    if node.op == "call_function":
+        return node.target in (operator.add, operator.iadd, torch.add)
+    if node.op == "call_method":
+        return node.target in ("add", "add_")
+    return False
+
+
+def is_inplace(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """True when ``node`` may overwrite its first argument."""
+    if node.op == "call_method":
+        return str(node.target).endswith("_") and not str(node.target).endswith("__")
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", "")
+        return (
+            bool(node.kwargs.get("inplace"))
+            or (name.endswith("_") and not name.endswith("__"))
+            or (name.startswith("i") and getattr(operator, name, None) is node.target)
+        )
+    if node.op == "call_module":
+        return bool(getattr(modules.get(str(node.target)), "inplace", False))
+    return False
+
+
+def mutates(nodes: Iterable[fx.Node], value: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """True when one of ``nodes`` is an in-place op whose first argument is ``value``."""
+    return any(is_inplace(n, modules) and n.args and n.args[0] is value for n in nodes)

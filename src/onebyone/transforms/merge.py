@@ -1,0 +1,325 @@
+"""``merge_pointwise``: consecutive pointwise affine layers become one 1x1 convolution.
+
+A 1x1 convolution (groups 1, no padding) is the matrix ``W (K, C)`` applied at
+every pixel, and an eval-mode batch norm is the diagonal matrix ``diag(s)``
+plus a shift. With nothing non-linear between them, two such maps compose:
+``W2 (W1 x + b1) + b2 = (W2 W1) x + (W2 b1 + b2)``, and strides multiply
+(subsampling twice is subsampling once by the product). So
+
+- 1x1 -> 1x1 becomes one 1x1 (``W2 W1``, ``W2 b1 + b2``);
+- 1x1 -> batch norm folds the norm in (``diag(s) W``, ``s * b + t``);
+- batch norm -> 1x1 folds it the other way (``W diag(s)``, ``W t + b``).
+
+Merging a bottleneck (``C -> M -> K`` with small ``M``) costs more multiplies
+than it saves; ``only_if_cheaper=True`` keeps those apart.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from typing import Any, Literal, overload
+
+import torch
+from torch import fx, nn
+
+from onebyone.nn.conv import Conv1x1
+from onebyone.transforms._fx import call_counts, set_module, trace
+from onebyone.transforms.fold import (
+    _BN_TYPES,
+    batchnorm_affine,
+    check_eval,
+    check_model,
+    fold_conv_bn,
+    why_not_foldable,
+)
+from onebyone.transforms.report import PassReport
+
+__all__ = ["merge_owned", "merge_pointwise", "merge_pointwise_weights"]
+
+
+def merge_pointwise_weights(
+    w1: torch.Tensor,
+    b1: torch.Tensor | None,
+    w2: torch.Tensor,
+    b2: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Compose two pointwise maps: ``W2 (W1 x + b1) + b2 = W x + b``.
+
+    Computed in float64, returned in ``w2``'s dtype; ``b`` is ``None`` only when
+    both biases are.
+
+    Args:
+        w1: ``(M, C)`` or ``(M, C, 1, 1)``.
+        b1: ``(M,)`` or ``None``.
+        w2: ``(K, M)`` or ``(K, M, 1, 1)``.
+        b2: ``(K,)`` or ``None``.
+
+    Shape:
+        ``-> W (K, C)`` (4-D ``(K, C, 1, 1)`` when ``w2`` is 4-D), ``b (K,)``.
+
+    Example:
+        >>> import torch
+        >>> w, b = merge_pointwise_weights(torch.eye(2) * 2, torch.ones(2), torch.ones(1, 2), None)
+        >>> w.tolist(), b.tolist()
+        ([[2.0, 2.0]], [2.0])
+    """
+    m1 = w1.detach().reshape(w1.shape[0], -1).to(torch.float64)  # (M, C)
+    m2 = w2.detach().reshape(w2.shape[0], -1).to(torch.float64)  # (K, M)
+    if m2.shape[1] != m1.shape[0]:
+        raise ValueError(
+            f"Invalid value for argument `w2`. Expected {m1.shape[0]} input channels (the "
+            f"outputs of w1 {tuple(w1.shape)}). Received w2 of shape {tuple(w2.shape)}."
+        )
+    w = m2 @ m1  # (K, C)
+    b: torch.Tensor | None = None
+    if b1 is not None:
+        b = m2 @ b1.detach().to(torch.float64)  # (K,)
+    if b2 is not None:
+        b = b2.detach().to(torch.float64) if b is None else b + b2.detach().to(torch.float64)
+    if w2.dim() == 4:
+        w = w.reshape(w.shape[0], w.shape[1], 1, 1)  # (K, C) -> (K, C, 1, 1)
+    return w.to(w2.dtype), None if b is None else b.to(w2.dtype)
+
+
+def _pointwise(module: Any) -> str | None:
+    """Why ``module`` is not a plain pointwise convolution, or ``None`` when it is."""
+    if isinstance(module, Conv1x1):
+        return "it is grouped" if module.groups != 1 else None
+    if type(module) is nn.Conv2d:
+        if tuple(module.kernel_size) != (1, 1):
+            return f"its kernel is {tuple(module.kernel_size)}, not 1x1"
+        if module.padding != (0, 0):
+            return "it pads its input (a padded 1x1 adds a border of bias)"
+        return "it is grouped" if module.groups != 1 else None
+    return f"{type(module).__name__} is not a 1x1 convolution"
+
+
+def _stride(module: Any) -> tuple[int, int]:
+    return tuple(module.stride)
+
+
+def _merge_convs(first: Any, second: Any) -> nn.Module:
+    """One layer of ``second``'s type computing ``second(first(x))``."""
+    w, b = merge_pointwise_weights(first.weight, first.bias, second.weight, second.bias)
+    s1, s2 = _stride(first), _stride(second)
+    stride = (s1[0] * s2[0], s1[1] * s2[1])
+    k, c = w.shape[0], w.shape[1]
+    factory: dict[str, Any] = {"device": w.device, "dtype": w.dtype}
+    merged: nn.Module
+    if isinstance(second, Conv1x1):
+        merged = Conv1x1(
+            c, k, stride=stride, bias=b is not None, activation=second.activation, **factory
+        )
+    else:
+        merged = nn.Conv2d(c, k, 1, stride=stride, bias=b is not None, **factory)
+    grad = bool(second.weight.requires_grad)
+    merged.weight = nn.Parameter(w.reshape(merged.weight.shape), requires_grad=grad)
+    if b is not None:
+        merged.bias = nn.Parameter(b, requires_grad=grad)
+    return merged.train(second.training)
+
+
+def _merge_bn_conv(bn: Any, conv: Any) -> nn.Module:
+    """A copy of ``conv`` computing ``conv(bn(x))``: ``W diag(s)``, ``W t + b``."""
+    scale, shift = batchnorm_affine(bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
+    c = scale.numel()
+    w = conv.weight
+    k = w.shape[0]
+    w_scaled = w.detach().reshape(k, c).to(torch.float64) * scale  # (K, C) * (C,)
+    b = w.detach().reshape(k, c).to(torch.float64) @ shift  # (K,)
+    if conv.bias is not None:
+        b = b + conv.bias.detach().to(torch.float64)
+    out = copy.deepcopy(conv)
+    grad = bool(w.requires_grad)
+    out.weight = nn.Parameter(w_scaled.reshape(w.shape).to(w.dtype), requires_grad=grad)
+    if "bias" not in out._parameters and hasattr(out, "bias"):
+        delattr(out, "bias")
+    out.bias = nn.Parameter(b.to(w.dtype), requires_grad=grad)
+    return out
+
+
+def _plan(first: Any, second: Any, only_if_cheaper: bool) -> tuple[str | None, str]:
+    """``(why not, kind)``: ``why not`` is ``None`` when ``first -> second`` can merge."""
+    first_bn, second_bn = isinstance(first, _BN_TYPES), isinstance(second, _BN_TYPES)
+    if first_bn and second_bn:
+        return "two batch norms in a row (no convolution to merge into)", ""
+    if second_bn:
+        reason = _pointwise(first)
+        return (
+            f"the first layer: {reason}" if reason else why_not_foldable(first, second)
+        ), "conv-bn"
+    if first_bn:
+        reason = _pointwise(second)
+        if reason is None and type(first) is not nn.BatchNorm2d:
+            reason = f"{type(first).__name__} before a 2-D convolution"
+        if reason is None and (first.running_mean is None or first.training):
+            reason = "the batch norm has no running statistics or is in training mode"
+        if reason is None and first.num_features != second.weight.shape[1]:
+            reason = "channel counts differ"
+        return reason, "bn-conv"
+    for module, role in ((first, "first"), (second, "second")):
+        reason = _pointwise(module)
+        if reason is not None:
+            return f"the {role} layer: {reason}", ""
+    if isinstance(first, Conv1x1) and first.activation is not None:
+        return f"the first layer ends in an activation ({first.activation})", ""
+    m, c = first.weight.shape[:2]
+    k = second.weight.shape[0]
+    if only_if_cheaper:
+        s2 = _stride(second)
+        separate = s2[0] * s2[1] * m * c + k * m  # multiplies per output pixel
+        if k * c > separate:
+            return f"merged ({c}->{k}) costs more than {c}->{m}->{k} apart", ""
+    return None, "conv-conv"
+
+
+def _merge(first: Any, second: Any, kind: str) -> nn.Module:
+    if kind == "conv-bn":
+        return fold_conv_bn(first, second)
+    if kind == "bn-conv":
+        return _merge_bn_conv(first, second)
+    return _merge_convs(first, second)
+
+
+_MERGEABLE = (Conv1x1, nn.Conv2d, *_BN_TYPES)
+
+
+def _candidate(module: nn.Module | None) -> bool:
+    """A 1x1 convolution or a batch norm: the layers this pass looks at."""
+    if isinstance(module, _BN_TYPES):
+        return True
+    if isinstance(module, Conv1x1):
+        return True
+    return type(module) is nn.Conv2d and tuple(module.kernel_size) == (1, 1)
+
+
+def _merge_sequentials(root: nn.Module, only_if_cheaper: bool, report: PassReport) -> None:
+    owners: dict[int, int] = {}
+    for _, m in root.named_modules(remove_duplicate=False):
+        owners[id(m)] = owners.get(id(m), 0) + 1
+    seqs = [
+        (p, s)
+        for p, s in root.named_modules()
+        if isinstance(s, nn.Sequential) and type(s).forward is nn.Sequential.forward
+    ]
+    for path, seq in seqs:
+        names = list(seq._modules)
+        for a, b in itertools.pairwise(names):
+            first, second = seq._modules[a], seq._modules[b]
+            if not (_candidate(first) and _candidate(second)):
+                continue
+            where = f"{path}.{a} -> {path}.{b}" if path else f"{a} -> {b}"
+            reason, kind = _plan(first, second, only_if_cheaper)
+            if reason is None and (owners[id(first)] > 1 or owners[id(second)] > 1):
+                reason = "a layer is shared with another part of the model"
+            if reason is not None:
+                report.skipped.append((where, reason))
+                continue
+            setattr(seq, b, _merge(first, second, kind))
+            setattr(seq, a, nn.Identity().train(first.training))
+            report.applied.append(where)
+
+
+@overload
+def merge_pointwise(
+    model: nn.Module, *, only_if_cheaper: bool = False, with_report: Literal[False] = False
+) -> nn.Module: ...
+
+
+@overload
+def merge_pointwise(
+    model: nn.Module, *, only_if_cheaper: bool = False, with_report: Literal[True]
+) -> tuple[nn.Module, PassReport]: ...
+
+
+def merge_pointwise(
+    model: nn.Module, *, only_if_cheaper: bool = False, with_report: bool = False
+) -> nn.Module | tuple[nn.Module, PassReport]:
+    """A copy of ``model`` where consecutive pointwise affine layers are one layer.
+
+    Pairs: two 1x1 convolutions (``nn.Conv2d`` with a 1x1 kernel and no padding,
+    or ``Conv1x1`` without an activation in the first; groups 1; any strides),
+    a 1x1 followed by an eval-mode ``BatchNorm2d``, and a ``BatchNorm2d``
+    followed by a 1x1. The intermediate result must have no other user and each
+    layer must be called once; the merged layer takes the second's place (and
+    type, and its activation) and the first becomes ``nn.Identity``. Chains
+    merge pair by pair. ``model`` is never modified.
+
+    Args:
+        model: a model in eval mode.
+        only_if_cheaper: merge two convolutions only when the merged one needs no
+            more multiplies than the pair (a ``C -> M -> K`` bottleneck with
+            ``K * C > M * (C + K)`` stays apart).
+        with_report: also return a ``PassReport``.
+
+    Returns:
+        The merged copy (and the report when ``with_report``).
+
+    Shape:
+        Unchanged: the copy computes ``model``'s function.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> import onebyone as obo
+        >>> model = nn.Sequential(nn.Conv2d(16, 32, 1), nn.Conv2d(32, 8, 1), nn.ReLU()).eval()
+        >>> merged = obo.merge_pointwise(model)
+        >>> merged[1], merged[0]
+        (Conv2d(16, 8, kernel_size=(1, 1), stride=(1, 1)), Identity())
+    """
+    check_model(model)
+    check_eval(model)
+    if not isinstance(only_if_cheaper, bool):
+        raise TypeError(
+            "Invalid value for argument `only_if_cheaper`. Expected True or False. "
+            f"Received only_if_cheaper={only_if_cheaper!r}."
+        )
+    result, report = merge_owned(model, only_if_cheaper, owned=False)
+    return (result, report) if with_report else result
+
+
+def merge_owned(
+    model: nn.Module, only_if_cheaper: bool, *, owned: bool
+) -> tuple[nn.Module, PassReport]:
+    """``merge_pointwise``'s work; with ``owned`` ``model`` may be changed in place."""
+    graph, why = trace(model)
+    report = PassReport("merge_pointwise", traced=graph is not None)
+    result = model if owned else copy.deepcopy(model)
+    if graph is None:
+        _merge_sequentials(result, only_if_cheaper, report)
+        report.skipped.append(
+            ("model", f"does not trace ({why}); only layers adjacent in nn.Sequential merged")
+        )
+        return result, report
+
+    modules = dict(result.named_modules())
+    current = dict(modules)  # path -> module in the copy, updated as we merge
+    counts = call_counts(graph)
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(current.get(str(node.target)), _MERGEABLE):
+            continue
+        prev = node.args[0] if len(node.args) == 1 and not node.kwargs else None
+        if not isinstance(prev, fx.Node) or prev.op != "call_module":
+            continue
+        first, second = current[str(prev.target)], current[str(node.target)]
+        if not (isinstance(first, _MERGEABLE) and _candidate(first) and _candidate(second)):
+            continue
+        where = f"{prev.target} -> {node.target}"
+        reason, kind = _plan(first, second, only_if_cheaper)
+        if reason is None and (len(prev.users) != 1 or len(prev.args) != 1 or prev.kwargs):
+            reason = "the first layer's output has other users or it takes extra arguments"
+        if reason is None and (counts[str(prev.target)] != 1 or counts[str(node.target)] != 1):
+            reason = "a layer is called more than once"
+        if reason is not None:
+            report.skipped.append((where, reason))
+            continue
+        merged = _merge(first, second, kind)
+        set_module(result, str(node.target), merged)
+        set_module(result, str(prev.target), nn.Identity())
+        current[str(node.target)], current[str(prev.target)] = (
+            merged,
+            nn.Identity().train(first.training),
+        )
+        report.applied.append(where)
+    return result, report
