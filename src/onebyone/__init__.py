@@ -7,10 +7,11 @@ torch.Size([1, 32, 8, 8])
 
 from importlib.metadata import PackageNotFoundError, version
 
-from onebyone import nn, numpy
+from onebyone import models, nn, numpy
 from onebyone._checks import ACTIVATIONS
 from onebyone.cost import CONVENTION, Cost, conv_cost
 from onebyone.functional import BACKENDS, BackendUnavailableError, conv1x1
+from onebyone.models import create_model, list_models
 from onebyone.profiling import MachinePeak, Profile, machine_peak, profile
 from onebyone.weights import LAYOUTS, convert_weight
 
@@ -32,7 +33,10 @@ __all__ = [
     "conv1x1",
     "conv_cost",
     "convert_weight",
+    "create_model",
+    "list_models",
     "machine_peak",
+    "models",
     "nn",
     "numpy",
     "profile",

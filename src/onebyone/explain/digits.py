@@ -35,6 +35,7 @@ __all__ = [
     "digit_feature_maps",
     "evaluate",
     "load_digits_split",
+    "torch_threads",
     "train_digits",
 ]
 
@@ -199,7 +200,9 @@ def _shift(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 @contextmanager
-def _threads(n: int) -> Iterator[None]:
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads, then restore the previous number."""
+    n = _checks.positive_int("n", n)
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -273,7 +276,7 @@ def train_digits(
     if bs > len(x_train):
         raise _checks.invalid("batch_size", f"at most the {len(x_train)} training images", bs)
     batches = len(x_train) // bs
-    with torch.random.fork_rng(devices=[]), _threads(n_threads):
+    with torch.random.fork_rng(devices=[]), torch_threads(n_threads):
         torch.manual_seed(seed)
         model = DigitsNiN(width=width, reduced=reduced)
         shuffle = torch.Generator().manual_seed(seed)

@@ -12,7 +12,10 @@ from onebyone import _checks
 from onebyone.functional import conv1x1
 from onebyone.kernels.epilogue import LEAKY_RELU_SLOPE
 
-__all__ = ["Conv1x1", "activation_module"]
+__all__ = ["NORMS", "Conv1x1", "ConvNormAct", "activation_module", "norm_module"]
+
+NORMS: tuple[str, ...] = ("batch",)
+"""Normalisation names accepted by ``ConvNormAct`` and the blocks (``None``: no norm)."""
 
 
 def activation_module(name: str | None) -> nn.Module:
@@ -222,3 +225,125 @@ class Conv1x1(nn.Module):
             if self.activation is None
             else nn.Sequential(lin, activation_module(self.activation))
         )
+
+
+def _padding(value: object, kernel_size: tuple[int, int]) -> tuple[int, int]:
+    """``None`` -> "same" padding for odd kernels; else a non-negative int or pair."""
+    if value is None:
+        return ((kernel_size[0] - 1) // 2, (kernel_size[1] - 1) // 2)
+    pairs = value if isinstance(value, (tuple, list)) else (value, value)
+    if (
+        len(pairs) != 2
+        or not all(isinstance(p, int) and not isinstance(p, bool) for p in pairs)
+        or min(pairs) < 0
+    ):
+        raise _checks.invalid("padding", "None, a non-negative int or a pair of them", value)
+    return (int(pairs[0]), int(pairs[1]))
+
+
+def norm_module(norm: str | None, channels: int) -> nn.BatchNorm2d | None:
+    """The normalisation layer called ``norm`` over ``channels`` (``None`` for no norm)."""
+    if norm is None:
+        return None
+    _checks.choice("norm", norm, NORMS)
+    return nn.BatchNorm2d(channels)
+
+
+class ConvNormAct(nn.Sequential):
+    """Convolution -> normalisation -> activation, the unit most CNNs are built from.
+
+    A 1x1 kernel without padding runs through ``Conv1x1`` (``onebyone.conv1x1``);
+    other kernels through ``nn.Conv2d``. Without a norm, a 1x1 convolution fuses
+    its activation into the op's epilogue. The children are numbered like
+    torchvision's ``Conv2dNormActivation`` (``0`` conv, ``1`` norm, then the
+    activation), so state-dict keys match it.
+
+    Args:
+        in_channels: ``C``.
+        out_channels: ``K``.
+        kernel_size: int or ``(kh, kw)``.
+        stride: int or ``(sh, sw)``.
+        padding: ``None`` ("same" for odd kernels: ``(k - 1) // 2``) or an int or pair.
+        groups: channel groups (``groups == C == K`` is depthwise).
+        bias: learn a bias; default ``None`` means "only without a norm".
+        norm: ``"batch"`` (``nn.BatchNorm2d``, eps 1e-5, momentum 0.1) or ``None``.
+        activation: ``None`` or a name from ``onebyone.ACTIVATIONS``.
+
+    Shape:
+        ``(N, C, H, W) -> (N, K, H', W')`` with
+        ``H' = (H + 2 * ph - kh) // sh + 1`` (and likewise ``W'``).
+
+    Example:
+        >>> import torch
+        >>> from onebyone.nn import ConvNormAct
+        >>> ConvNormAct(64, 32, 1)(torch.randn(2, 64, 28, 28)).shape
+        torch.Size([2, 32, 28, 28])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        *,
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | None = None,
+        groups: int = 1,
+        bias: bool | None = None,
+        norm: str | None = "batch",
+        activation: str | None = "relu",
+    ) -> None:
+        c, k, g = _checks.channels(in_channels, out_channels, groups)
+        ksize = _checks.pair("kernel_size", kernel_size)
+        strides = _checks.pair("stride", stride)
+        pads = _padding(padding, ksize)
+        if norm is not None:
+            _checks.choice("norm", norm, NORMS)
+        act = _checks.activation(activation)
+        if bias is None:
+            bias = norm is None
+        if not isinstance(bias, bool):
+            raise _checks.invalid("bias", "None, True or False", bias, kind=TypeError)
+        pointwise = ksize == (1, 1) and pads == (0, 0)
+        fuse = pointwise and norm is None
+        conv: nn.Module
+        if pointwise:
+            conv = Conv1x1(
+                c, k, stride=strides, groups=g, bias=bias, activation=act if fuse else None
+            )
+        else:
+            conv = nn.Conv2d(c, k, ksize, stride=strides, padding=pads, groups=g, bias=bias)
+        layers: list[nn.Module] = [conv]
+        bn = norm_module(norm, k)
+        if bn is not None:
+            layers.append(bn)
+        if act is not None and not fuse:
+            layers.append(activation_module(act))
+        super().__init__(*layers)
+        self.in_channels = c
+        self.out_channels = k
+        self.kernel_size = ksize
+        self.stride = strides
+        self.padding = pads
+        self.groups = g
+        self.norm = norm
+        self.activation = act
+
+    def __getitem__(self, idx: slice | int) -> nn.Sequential | nn.Module:
+        if isinstance(idx, slice):  # a slice is a plain nn.Sequential of the chosen layers
+            return nn.Sequential(*list(self)[idx])
+        return super().__getitem__(idx)
+
+    def extra_repr(self) -> str:
+        parts = [f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"]
+        if self.stride != (1, 1):
+            parts.append(f"stride={self.stride}")
+        if self.padding != _padding(None, self.kernel_size):
+            parts.append(f"padding={self.padding}")
+        if self.groups != 1:
+            parts.append(f"groups={self.groups}")
+        if self.norm != "batch":
+            parts.append(f"norm={self.norm!r}")
+        if self.activation != "relu":
+            parts.append(f"activation={self.activation!r}")
+        return ", ".join(parts)
