@@ -566,3 +566,23 @@ def test_every_block_trains_in_channels_last_and_leaves_input_alone(name) -> Non
 def test_extra_repr_shows_only_non_default_arguments(block, expected) -> None:
     assert block.extra_repr() == expected
     assert expected in repr(block)
+
+
+def test_demo_builds_the_seed_examples_from_blocks() -> None:
+    from rich.console import Console
+
+    from onebyone.commands import demo
+
+    console = Console(record=True, width=220)
+    state = torch.get_rng_state()
+    demo._seed_blocks(console, seed=0)
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is left alone
+    rows = [line for line in console.export_text().splitlines() if "->" in line]
+    expected = [  # (block, output shape, parameters twice: ours and the Keras layers')
+        ("Conv1x1(64, 32", "(1, 32, 28, 28)", "2,080"),
+        ("ChannelFusion([32, 64], 64", "(1, 64, 28, 28)", "6,208"),
+        ("Bottleneck(64, 32, 64, norm=None)", "(1, 64, 28, 28)", "13,440"),
+    ]
+    assert len(rows) == 3
+    for row, (block, shape, params) in zip(rows, expected, strict=True):
+        assert block in row and shape in row and row.count(params) == 2

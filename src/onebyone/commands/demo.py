@@ -98,6 +98,55 @@ def _keras_examples(console: Console, seed: int) -> None:
     console.print(table)
 
 
+def _seed_blocks(console: Console, seed: int) -> None:
+    console.rule("[bold]2b. The seed's three Keras examples, built from onebyone.nn blocks")
+    with torch.random.fork_rng():  # seeded weights and inputs; the global RNG is left as it was
+        torch.manual_seed(seed)
+        x32, x64 = torch.randn(1, 32, 28, 28), torch.randn(1, 64, 28, 28)
+        reduce = obo.nn.Conv1x1(64, 32, activation="relu")
+        fuse = obo.nn.ChannelFusion([32, 64], 64, activation="relu")
+        bottleneck = obo.nn.Bottleneck(64, 32, 64, norm=None)
+
+    def keras_conv2d(c: int, k: int, size: int = 1) -> int:  # Conv2D(k, size) with a bias
+        return (size * size * c + 1) * k
+
+    bottleneck_keras = keras_conv2d(64, 32) + keras_conv2d(32, 32, 3) + keras_conv2d(32, 64)
+    cases: list[tuple[str, str, torch.nn.Module, tuple[torch.Tensor, ...], int]] = [
+        (
+            "reduction 64 -> 32",
+            "Conv1x1(64, 32, activation='relu')",
+            reduce,
+            (x64,),
+            keras_conv2d(64, 32),
+        ),
+        (
+            "fusion of 32 + 64 maps -> 64",
+            "ChannelFusion([32, 64], 64, activation='relu')",
+            fuse,
+            (x32, x64),
+            keras_conv2d(96, 64),
+        ),
+        (
+            "bottleneck 64 -> 32 -> 32 -> 64",
+            "Bottleneck(64, 32, 64, norm=None)",
+            bottleneck,
+            (x64,),
+            bottleneck_keras,
+        ),
+    ]
+    table = Table("seed example", "onebyone.nn block", "input", "output", "parameters",
+                  "the seed's Keras layers")  # fmt: skip
+    with torch.inference_mode():
+        for name, code, block, xs, keras in cases:
+            y = block(*xs)
+            params = sum(p.numel() for p in block.parameters())
+            table.add_row(name, code, " + ".join(str(tuple(x.shape)) for x in xs),
+                          str(tuple(y.shape)), f"{params:,}", f"{keras:,}")  # fmt: skip
+    console.print(table)
+    console.print("  Same shapes and parameters as the seed's Keras layers; the Bottleneck also "
+                  "adds ResNet's identity shortcut (free) inside its last 1x1.")  # fmt: skip
+
+
 def _train(
     console: Console,
     *,
@@ -389,6 +438,7 @@ def run(args: argparse.Namespace) -> int:
         raise _checks.invalid("out", "a folder (it is created if missing)", str(out))
     _worked_example(console)
     _keras_examples(console, args.seed)
+    _seed_blocks(console, args.seed)
     result = _training(console, args, epochs)
     costs = _profile(console, args, result, epochs)
     optimized = _optimize(console, result)
