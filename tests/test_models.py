@@ -780,9 +780,21 @@ def test_torch_compile_inductor() -> None:
     _check_compiled(model, "inductor", x, fullgraph=True)
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
 def test_models_are_not_torchscript_scriptable() -> None:
     # the README's reason: onebyone.conv1x1 is Python (keyword-only arguments with
     # defaults, argument validation, __torch_function__, backend dispatch)
+    model = obo.create_model("squeezenet1_1").eval()
     with pytest.raises(torch.jit.frontend.NotSupportedError, match="keyword-only arguments"):
-        torch.jit.script(obo.create_model("squeezenet1_1"))
+        torch.jit.script(model)
+    # and tracing stops at the oneDNN call's optional scalar arguments
+    with pytest.raises(RuntimeError, match=r"Scalar\?"):
+        torch.jit.trace(model, torch.randn(1, 3, 32, 32))
+
+
+def test_torch_export_captures_a_model() -> None:
+    model = obo.create_model("squeezenet1_1", num_classes=6).eval()
+    x = torch.randn(1, 3, 48, 48)
+    program = torch.export.export(model, (x,))
+    with torch.no_grad():
+        assert_close(program.module()(x), model(x))
