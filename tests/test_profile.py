@@ -337,3 +337,36 @@ def test_machine_peak_is_measured_once():
 def test_bad_input_is_named(call, kind, message):
     with pytest.raises(kind, match=message):
         call()
+
+
+# Public figures (torchvision variants) from the design notes: parameters and GMACs at 224x224.
+PUBLISHED = [
+    ("resnet50", 25_557_032, 4.089),
+    ("mobilenet_v2", 3_504_872, 0.301),
+    ("googlenet", 6_624_904, 1.498),
+    ("squeezenet1_0", 1_248_424, 0.819),
+    ("squeezenet1_1", 1_235_496, None),
+]
+
+
+@pytest.mark.parametrize(("name", "params", "gmacs"), PUBLISHED)
+def test_built_in_models_match_the_published_figures(name, params, gmacs):
+    model = obo.create_model(name)
+    p = obo.profile(model, (1, 3, 224, 224), peak=PEAK)
+    assert p.total.params == params == sum(t.numel() for t in model.parameters())
+    assert p.unused_params == {}
+    assert p.uncounted == {}
+    if gmacs is not None:
+        assert round(p.total.macs / 1e9, 3) == gmacs
+
+
+def test_googlenet_auxiliary_heads_are_reported_apart():
+    # the auxiliary classifiers run only in training; profile() runs the model in eval mode
+    model = obo.create_model("googlenet", aux_logits=True)
+    p = obo.profile(model, (1, 3, 64, 64), peak=PEAK)
+    assert model.training  # restored afterwards
+    assert p.total.params == 6_624_904
+    assert {name.split(".")[0] for name in p.unused_params} == {"aux1", "aux2"}
+    assert p.total.params + sum(p.unused_params.values()) == sum(
+        t.numel() for t in model.parameters()
+    )

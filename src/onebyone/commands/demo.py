@@ -310,6 +310,51 @@ def _profile(
     }
 
 
+BUILT_IN_INPUT = {"nin": 32}
+"""Input size of the built-in models in the "why 1x1" table (others: 224x224)."""
+QUICK_SKIPS = ("resnet101", "resnet152")
+"""Deeper variants of resnet50 left out of that table under ``--quick``."""
+
+
+def _why_one_by_one(console: Console, quick: bool) -> None:
+    console.rule("[bold]5. Why 1x1: a 1x1 reduction before a 5x5 convolution (onebyone.conv_cost)")
+    # GoogLeNet's inception (3a), 5x5 branch as in the paper: 192 maps of 28x28, 16 after the 1x1
+    c, r, k, size = 192, 16, 32, 28
+    direct = obo.conv_cost(c, k, 5, input_size=size, padding=2)
+    reduce = obo.conv_cost(c, r, 1, input_size=size)
+    then = obo.conv_cost(r, k, 5, input_size=size, padding=2)
+    both = reduce + then
+    table = Table("design", "parameters", "MACs", "FLOPs", "bytes moved",
+                  title=f"{c} maps of {size}x{size} -> {k} maps, float32")  # fmt: skip
+    for label, cost in [
+        (f"direct 5x5, {c} -> {k}", direct),
+        (f"  1x1 reduction, {c} -> {r}", reduce),
+        (f"  then 5x5, {r} -> {k}", then),
+        ("1x1 reduction + 5x5", both),
+    ]:
+        table.add_row(label, f"{cost.params:,}", f"{cost.macs:,}", f"{cost.flops:,}",
+                      f"{cost.bytes_moved:,}")  # fmt: skip
+    console.print(table)
+    console.print(f"  The reduction cuts MACs {direct.macs / both.macs:.1f}x and parameters "
+                  f"{direct.params / both.params:.1f}x. {obo.CONVENTION}")  # fmt: skip
+
+    names = [n for n in obo.list_models() if not (quick and n in QUICK_SKIPS)]
+    left_out = sorted(set(obo.list_models()) - set(names))
+    caption = f"--quick leaves out {', '.join(left_out)}" if left_out else None
+    table = Table("model", "input", "parameters", "MACs", "1x1 share of MACs",
+                  "1x1 share of parameters", caption=caption,
+                  title="the built-in models, counted by onebyone.profile")  # fmt: skip
+    with console.status("profiling the built-in models"):
+        for name in names:
+            side = BUILT_IN_INPUT.get(name, 224)
+            report = obo.profile(obo.create_model(name), (1, 3, side, side))
+            total, pointwise = report.total, report.by_category()["pointwise"]
+            table.add_row(name, f"{side}x{side}", f"{total.params:,}", f"{total.macs:,}",
+                          f"{pointwise.macs / total.macs:.0%}",
+                          f"{pointwise.params / total.params:.0%}")  # fmt: skip
+    console.print(table)
+
+
 def _optimize(console: Console, result: TrainingResult) -> dict[str, Any]:
     console.rule("[bold]6. onebyone.optimize: the same network, faster, outputs verified")
     x = result.data.x_test  # (450, 1, 8, 8): the whole held-out set as one batch
@@ -441,6 +486,7 @@ def run(args: argparse.Namespace) -> int:
     _seed_blocks(console, args.seed)
     result = _training(console, args, epochs)
     costs = _profile(console, args, result, epochs)
+    _why_one_by_one(console, args.quick)
     optimized = _optimize(console, result)
     if not args.no_figures:
         _figures(console, out, result, costs)
