@@ -66,12 +66,17 @@ def test_demo_training_is_the_seeded_library_training(quick_run):
     assert [e["train_loss"] for e in summary["history"]] == [e.train_loss for e in again.history]
 
 
-def test_demo_flags_reach_the_training_and_no_figures_draws_none(tmp_path, capsys, monkeypatch):
+def test_demo_flags_reach_the_training_and_no_figures_draws_none(
+    quick_run, tmp_path, capsys, monkeypatch
+):
     import onebyone.commands.demo as demo
 
     calls = []
     real = demo.train_digits
     monkeypatch.setattr(demo, "train_digits", lambda **kw: calls.append(kw) or real(**kw))
+    # the sections that do not depend on these flags already ran in the quick tour above
+    for section in ("_keras_examples", "_seed_blocks", "_why_one_by_one"):
+        monkeypatch.setattr(demo, section, lambda *args: None)
     argv = ["demo", "--quick", "--no-figures", "--epochs", "1", "--seed", "5"]
     assert main([*argv, "--out", str(tmp_path)]) == 0
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
