@@ -7,12 +7,24 @@ torch.Size([1, 32, 8, 8])
 
 from importlib.metadata import PackageNotFoundError, version
 
-from onebyone import models, nn, numpy
+from onebyone import models, nn, numpy, transforms
 from onebyone._checks import ACTIVATIONS
 from onebyone.cost import CONVENTION, Cost, conv_cost
 from onebyone.functional import BACKENDS, BackendUnavailableError, conv1x1
 from onebyone.models import create_model, list_models
 from onebyone.profiling import MachinePeak, Profile, machine_peak, profile
+from onebyone.transforms import (
+    OptimizeReport,
+    PassReport,
+    VerificationError,
+    VerifyReport,
+    fold_batchnorm,
+    fuse_epilogues,
+    merge_pointwise,
+    optimize,
+    to_channels_last,
+    verify,
+)
 from onebyone.weights import LAYOUTS, convert_weight
 
 try:
@@ -28,16 +40,27 @@ __all__ = [
     "BackendUnavailableError",
     "Cost",
     "MachinePeak",
+    "OptimizeReport",
+    "PassReport",
     "Profile",
+    "VerificationError",
+    "VerifyReport",
     "__version__",
     "conv1x1",
     "conv_cost",
     "convert_weight",
     "create_model",
+    "fold_batchnorm",
+    "fuse_epilogues",
     "list_models",
     "machine_peak",
+    "merge_pointwise",
     "models",
     "nn",
     "numpy",
+    "optimize",
     "profile",
+    "to_channels_last",
+    "transforms",
+    "verify",
 ]

@@ -18,10 +18,12 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from onebyone.kernels.epilogue import LEAKY_RELU_SLOPE
+from onebyone.nn.blocks import channel_shuffle
 from onebyone.nn.conv import Conv1x1
 
 __all__ = [
     "CONV_TYPES",
+    "LEAF_FUNCTIONS",
     "Tracer",
     "activation_of",
     "call_counts",
@@ -47,8 +49,16 @@ def register_leaf(cls: type[nn.Module]) -> type[nn.Module]:
     return cls
 
 
+LEAF_FUNCTIONS: tuple[Callable[..., Any], ...] = (channel_shuffle,)
+"""Functions recorded as one node (their argument checks cannot run on symbolic values)."""
+
+
 class Tracer(fx.Tracer):
-    """``torch.fx.Tracer`` that keeps onebyone's layers (``Conv1x1``, fused modules) whole."""
+    """``torch.fx.Tracer`` that keeps onebyone's layers (``Conv1x1``, fused modules) and
+    ``LEAF_FUNCTIONS`` whole."""
+
+    def __init__(self) -> None:
+        super().__init__(autowrap_functions=LEAF_FUNCTIONS)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, tuple(_LEAF_TYPES)):

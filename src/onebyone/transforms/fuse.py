@@ -213,7 +213,10 @@ def _fuse_sequentials(root: nn.Module, report: PassReport) -> None:
             if not isinstance(conv, (nn.Conv2d, Conv1x1)) or _fusable(conv) is not None:
                 continue
             act: str | None = None
-            nxt = names[i + 1] if i + 1 < len(names) else None
+            # the next child that is not an identity (a folded norm leaves one behind)
+            nxt = next(
+                (n for n in names[i + 1 :] if not isinstance(seq._modules[n], nn.Identity)), None
+            )
             following = seq._modules[nxt] if nxt is not None else None
             own = conv.activation if isinstance(conv, Conv1x1) else None
             if own is None and following is not None:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from onebyone.functional import conv1x1 as conv1x1_function
+from onebyone.nn.blocks import channel_shuffle
 from onebyone.nn.conv import Conv1x1
 from onebyone.transforms._fx import activation_of, drop_identities, trace
 from onebyone.transforms.fold import check_eval, check_model
@@ -238,7 +239,11 @@ class _Writer:
             return self.epilogue(node, m, y, hint) if isinstance(m, FusedConv2d) else y
         if isinstance(m, nn.Linear):
             return self.linear(node, x, m.weight, m.bias, hint)
-        if isinstance(m, nn.BatchNorm2d) and not m.training and m.running_mean is not None:
+        if (
+            isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and not m.training
+            and m.running_mean is not None
+        ):
             assert m.running_var is not None
             k = m.num_features
             scale = m.weight if m.weight is not None else torch.ones(k)
@@ -367,11 +372,25 @@ class _Writer:
             return self.transpose(node, node.args[1], node.args[2])
         if fn is conv1x1_function:
             return self.functional_conv1x1(node)
+        if fn is channel_shuffle:
+            return self.channel_shuffle(node)
         if fn is operator.getitem and not isinstance(node.meta.get("val"), torch.Tensor):
             return None  # a size, used only for shapes
         raise OnnxExportError(
             f"function {getattr(fn, '__name__', fn)} (`{node.name}`) has no ONNX mapping"
         )
+
+    def channel_shuffle(self, node: fx.Node) -> str:
+        """Reshape to ``(N, g, C/g, H, W)``, swap the group axes, reshape back."""
+        groups: Any = node.args[1] if len(node.args) > 1 else node.kwargs["groups"]
+        n, c, h, w = (int(d) for d in self.meta(node).shape)
+        g = int(groups)
+        split = self.const(np.array([n, g, c // g, h, w], dtype=np.int64), f"{node.name}.split")
+        merged = self.const(np.array([n, c, h, w], dtype=np.int64), f"{node.name}.merged")
+        x = self.value(node.args[0], torch.float32, node.name)
+        grouped = self.op("Reshape", [x, split], node.name)
+        swapped = self.op("Transpose", [grouped], node.name, perm=[0, 2, 1, 3, 4])
+        return self.op("Reshape", [swapped, merged], node.name)
 
     def binary(self, node: fx.Node, op_type: str) -> str:
         if node.kwargs.get("alpha", 1) != 1:
