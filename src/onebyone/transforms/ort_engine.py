@@ -1,7 +1,7 @@
 """``OnnxRuntimeModule``: an ONNX graph run by ONNX Runtime behind the ``nn.Module`` interface.
 
-Tensors go in and come out without copies: inputs and freshly allocated
-outputs are bound to the session by pointer (``IOBinding``). The graph has the
+Tensors go in and come out without copies (inputs as numpy views of their
+memory, outputs wrapped by ``torch.from_numpy``). The graph has the
 static shapes of the example it was exported with; other inputs (other shapes
 or dtypes, inputs that need gradients) run through the ``fallback`` module.
 """
@@ -129,16 +129,12 @@ class OnnxRuntimeModule(nn.Module):
             return self.fallback(*inputs)
         if self._session is None:
             self._session = self._make_session()
-        binding = self._session.io_binding()
-        held = []  # keep contiguous copies alive until the run ends
-        for name, t in zip(self._input_names, inputs, strict=True):
-            c = t.detach().contiguous()
-            held.append(c)
-            binding.bind_input(name, "cpu", 0, np.float32, list(c.shape), c.data_ptr())
-        outputs = [torch.empty(shape, dtype=torch.float32) for shape in self.output_shapes]
-        for name, out in zip(self._output_names, outputs, strict=True):
-            binding.bind_output(name, "cpu", 0, np.float32, list(out.shape), out.data_ptr())
-        self._session.run_with_iobinding(binding)
+        # numpy views share the tensors' memory; ONNX Runtime's outputs become tensors as is
+        feed = {
+            name: t.detach().contiguous().numpy()
+            for name, t in zip(self._input_names, inputs, strict=True)
+        }
+        outputs = [torch.from_numpy(o) for o in self._session.run(self._output_names, feed)]
         return outputs[0] if self.single_output else tuple(outputs)
 
     def extra_repr(self) -> str:
