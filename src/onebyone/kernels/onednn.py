@@ -33,23 +33,28 @@ _UNARY: dict[str | None, tuple[str, list[Any], str]] = {
 _AFTER_BINARY = (None, "relu")
 
 
-def is_available() -> bool:
-    """True when this PyTorch build has the fused oneDNN convolution ops."""
+def _probe() -> tuple[bool, frozenset[torch.dtype]]:
+    """Whether the fused ops exist, and the dtypes oneDNN runs on this CPU (asked once)."""
     try:
         ops = torch.ops.mkldnn._convolution_pointwise
-        return torch.backends.mkldnn.is_available() and hasattr(ops, "binary")
+        available = torch.backends.mkldnn.is_available() and hasattr(ops, "binary")
     except (AttributeError, RuntimeError):
-        return False
+        return False, frozenset()
+    dtypes = {torch.float32}
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        dtypes.add(torch.bfloat16)
+    if torch.ops.mkldnn._is_mkldnn_fp16_supported():
+        dtypes.add(torch.float16)
+    return available, frozenset(dtypes)
 
 
-def _dtype_supported(dtype: torch.dtype) -> bool:
-    if dtype == torch.float32:
-        return True
-    if dtype == torch.bfloat16:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    if dtype == torch.float16:
-        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
-    return False
+# Asked once at import: these queries are not traceable by torch.compile.
+_AVAILABLE, _DTYPES = _probe()
+
+
+def is_available() -> bool:
+    """True when this PyTorch build has the fused oneDNN convolution ops."""
+    return _AVAILABLE
 
 
 def unsupported(x: torch.Tensor, needs_grad: bool) -> str | None:
@@ -60,7 +65,7 @@ def unsupported(x: torch.Tensor, needs_grad: bool) -> str | None:
         return f"oneDNN runs on CPU tensors, x is on {x.device}"
     if needs_grad:
         return "oneDNN's fused convolution has no backward; use backend='gemm' for training"
-    if not _dtype_supported(x.dtype):
+    if x.dtype not in _DTYPES:
         return f"oneDNN on this CPU does not run {x.dtype}"
     if x.numel() == 0 or 0 in x.shape:
         return "oneDNN rejects empty inputs"
