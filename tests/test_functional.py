@@ -270,3 +270,15 @@ def test_property_shapes(n, groups, cg, kg, h, w, stride, channels_last, backend
 
 def test_tolerance_table_covers_every_dtype():
     assert set(TOLERANCES) == {torch.float16, torch.bfloat16, torch.float32, torch.float64}
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_torch_compile_traces_without_graph_breaks(grad):
+    import torch._dynamo as dynamo
+
+    from onebyone.nn import Conv1x1
+
+    model = torch.nn.Sequential(Conv1x1(8, 8, activation="relu"), Conv1x1(8, 4, stride=2))
+    with torch.set_grad_enabled(grad):
+        explanation = dynamo.explain(model)(torch.randn(1, 8, 4, 4))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
