@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
 
 import onebyone as obo
 from onebyone.nn import Conv1x1
-from onebyone.transforms import merge_pointwise_weights
+from onebyone.transforms import merge_pointwise_weights, to_onnx
 from transform_models import assert_unchanged, randomize_norms, snapshot
 
 
@@ -148,3 +149,46 @@ def test_builtin_models_keep_their_outputs(name: str) -> None:
     # the norms are folded already, so every merge joins two convolutions into one
     assert _convs(merged) == _convs(folded) - report.count
     assert_unchanged(model, before)
+
+
+class Branches(nn.Module):
+    """Inception-like: three 1x1 convolutions read ``x``; two end in ReLU, one in SiLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(8, 4, 1)
+        self.b = nn.Conv2d(8, 6, 1, bias=False)
+        self.c = Conv1x1(8, 3)
+        self.after = nn.Conv2d(6, 5, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.a(x))
+        b = self.after(torch.relu(self.b(x)))
+        c = torch.nn.functional.silu(self.c(x))
+        return torch.cat([a, b, c], dim=1)
+
+
+def test_sibling_convolutions_with_the_same_activation_become_one() -> None:
+    model = Branches().eval()
+    merged, report = obo.merge_pointwise(model, siblings=True, with_report=True)
+    assert report.applied == ["a + b (siblings on one input) -> a_siblings"]
+    wide = merged.get_submodule("a_siblings")
+    assert isinstance(wide, Conv1x1) and wide.out_channels == 10 and wide.activation == "relu"
+    x = torch.randn(2, 8, 5, 5)
+    assert obo.verify(model, merged, x).max_rel < 1e-6
+    # the split runs through fusion and the ONNX writer too
+    fused = obo.fuse_epilogues(merged)
+    assert obo.verify(model, fused, x).max_rel < 1e-6
+    proto = to_onnx(merged, x)
+    assert "Split" in [n.op_type for n in proto.graph.node]
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    with torch.inference_mode():
+        torch.testing.assert_close(got, model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_siblings_are_left_alone_by_default() -> None:
+    _, report = obo.merge_pointwise(Branches().eval(), with_report=True)
+    assert report.count == 0
+    with pytest.raises(TypeError, match=r"argument `siblings`\. Expected True or False"):
+        obo.merge_pointwise(Branches().eval(), siblings="yes")  # type: ignore[call-overload]

@@ -18,13 +18,21 @@ from __future__ import annotations
 
 import copy
 import itertools
-from typing import Any, Literal, overload
+import operator
+from typing import Any, Literal, cast, overload
 
 import torch
 from torch import fx, nn
 
 from onebyone.nn.conv import Conv1x1
-from onebyone.transforms._fx import call_counts, set_module, trace
+from onebyone.transforms._fx import (
+    activation_of,
+    call_counts,
+    graph_module,
+    mutates,
+    set_module,
+    trace,
+)
 from onebyone.transforms.fold import (
     _BN_TYPES,
     batchnorm_affine,
@@ -223,18 +231,30 @@ def _merge_sequentials(root: nn.Module, only_if_cheaper: bool, report: PassRepor
 
 @overload
 def merge_pointwise(
-    model: nn.Module, *, only_if_cheaper: bool = False, with_report: Literal[False] = False
+    model: nn.Module,
+    *,
+    only_if_cheaper: bool = False,
+    siblings: bool = False,
+    with_report: Literal[False] = False,
 ) -> nn.Module: ...
 
 
 @overload
 def merge_pointwise(
-    model: nn.Module, *, only_if_cheaper: bool = False, with_report: Literal[True]
+    model: nn.Module,
+    *,
+    only_if_cheaper: bool = False,
+    siblings: bool = False,
+    with_report: Literal[True],
 ) -> tuple[nn.Module, PassReport]: ...
 
 
 def merge_pointwise(
-    model: nn.Module, *, only_if_cheaper: bool = False, with_report: bool = False
+    model: nn.Module,
+    *,
+    only_if_cheaper: bool = False,
+    siblings: bool = False,
+    with_report: bool = False,
 ) -> nn.Module | tuple[nn.Module, PassReport]:
     """A copy of ``model`` where consecutive pointwise affine layers are one layer.
 
@@ -251,6 +271,11 @@ def merge_pointwise(
         only_if_cheaper: merge two convolutions only when the merged one needs no
             more multiplies than the pair (a ``C -> M -> K`` bottleneck with
             ``K * C > M * (C + K)`` stays apart).
+        siblings: also merge 1x1 convolutions that read the same tensor (with the
+            same stride and activation after them) into one wider 1x1 followed by
+            a split, ``[W1; W2] x = [W1 x; W2 x]``, as in GoogLeNet's Inception
+            branches. Same multiplies, fewer and wider products, plus the split's
+            copies; the result is a ``torch.fx.GraphModule``.
         with_report: also return a ``PassReport``.
 
     Returns:
@@ -275,12 +300,17 @@ def merge_pointwise(
             "Invalid value for argument `only_if_cheaper`. Expected True or False. "
             f"Received only_if_cheaper={only_if_cheaper!r}."
         )
-    result, report = merge_owned(model, only_if_cheaper, owned=False)
+    if not isinstance(siblings, bool):
+        raise TypeError(
+            "Invalid value for argument `siblings`. Expected True or False. "
+            f"Received siblings={siblings!r}."
+        )
+    result, report = merge_owned(model, only_if_cheaper, owned=False, siblings=siblings)
     return (result, report) if with_report else result
 
 
 def merge_owned(
-    model: nn.Module, only_if_cheaper: bool, *, owned: bool
+    model: nn.Module, only_if_cheaper: bool, *, owned: bool, siblings: bool = False
 ) -> tuple[nn.Module, PassReport]:
     """``merge_pointwise``'s work; with ``owned`` ``model`` may be changed in place."""
     graph, why = trace(model)
@@ -322,4 +352,106 @@ def merge_owned(
             nn.Identity().train(first.training),
         )
         report.applied.append(where)
-    return result, report
+    return (_merge_siblings(result, report) if siblings else result), report
+
+
+def _sibling_key(module: nn.Module) -> tuple[object, ...] | None:
+    """What siblings must share to merge (``None``: not a plain pointwise convolution)."""
+    if _pointwise(module) is not None:
+        return None
+    weight = cast(torch.Tensor, module.weight)
+    return (_stride(module), weight.dtype, weight.device)
+
+
+def _merge_siblings(model: nn.Module, report: PassReport) -> nn.Module:
+    """1x1 convolutions reading the same tensor become one wider 1x1 and a split.
+
+    ``[W1; W2; W3] x = [W1 x; W2 x; W3 x]``: one matrix product instead of
+    several thin ones (GoogLeNet's Inception branches start this way). An
+    activation that follows every member the same way moves into the merged
+    layer; members with different activations stay apart.
+    """
+    graph, _ = trace(model)
+    if graph is None:
+        return model
+    modules = dict(model.named_modules())
+    counts = call_counts(graph)
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    plans: list[tuple[fx.Node, list[tuple[fx.Node, fx.Node]], str | None]] = []
+    for value in graph.nodes:
+        groups: dict[tuple[object, ...], list[tuple[fx.Node, fx.Node]]] = {}
+        for user in sorted(value.users, key=order.__getitem__):
+            module = modules.get(str(user.target)) if user.op == "call_module" else None
+            key = None if module is None else _sibling_key(module)
+            if key is None or user.args != (value,) or user.kwargs or counts[str(user.target)] != 1:
+                continue
+            act = module.activation if isinstance(module, Conv1x1) else None
+            last = user
+            follower = next(iter(user.users)) if len(user.users) == 1 else None
+            if act is None and follower is not None and follower.args[:1] == (user,):
+                act = activation_of(follower, modules)
+                last = follower if act is not None else user
+            groups.setdefault((*key, act), []).append((user, last))
+        for group_key, members in groups.items():
+            if len(members) < 2:
+                continue
+            act = cast("str | None", group_key[-1])
+            first, final = members[0][0], max((m[1] for m in members), key=order.__getitem__)
+            between = [n for n in graph.nodes if order[first] < order[n] < order[final]]
+            if mutates(between, value, modules):
+                report.skipped.append(
+                    (str(first.target), "an in-place op changes the shared input")
+                )
+                continue
+            plans.append((value, members, act))
+    if not plans:
+        return model
+    gm = graph_module(model, graph, model)
+    for value, members, act in plans:
+        convs = [modules[str(conv.target)] for conv, _ in members]
+        weights = [cast(torch.Tensor, c.weight) for c in convs]
+        sizes = [w.shape[0] for w in weights]
+        c_in = weights[0].shape[1]
+        with torch.no_grad():
+            weight = torch.cat([w.reshape(w.shape[0], c_in) for w in weights])  # (sum K, C)
+            biases = [cast("torch.Tensor | None", c.bias) for c in convs]
+            bias = None
+            if any(b is not None for b in biases):
+                bias = torch.cat(
+                    [
+                        b if b is not None else weight.new_zeros(k)
+                        for b, k in zip(biases, sizes, strict=True)
+                    ]
+                )
+        merged = Conv1x1(
+            c_in,
+            sum(sizes),
+            stride=_stride(convs[0]),
+            bias=bias is not None,
+            activation=act,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
+        with torch.no_grad():
+            merged.weight.copy_(weight)
+            if bias is not None and merged.bias is not None:
+                merged.bias.copy_(bias)
+        merged.requires_grad_(weights[0].requires_grad).train(convs[0].training)
+        first = members[0][0]
+        target = f"{first.target}_siblings"
+        gm.add_submodule(target, merged)
+        with graph.inserting_before(first):
+            wide = graph.call_module(target, (value,))
+            parts = graph.call_function(torch.split, (wide, sizes), {"dim": 1})
+            pieces = [graph.call_function(operator.getitem, (parts, i)) for i in range(len(sizes))]
+        for (conv, last), piece in zip(members, pieces, strict=True):
+            last.replace_all_uses_with(piece)
+            if last is not conv:
+                graph.erase_node(last)
+            graph.erase_node(conv)
+        names = " + ".join(str(conv.target) for conv, _ in members)
+        report.applied.append(f"{names} (siblings on one input) -> {target}")
+    graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm

@@ -97,6 +97,7 @@ class _Writer:
         self.initializers: list[Any] = []
         self.external: dict[str, np.ndarray] | None = {} if external else None
         self.names: dict[fx.Node, str] = {}  # fx node -> ONNX value name
+        self.pieces: dict[fx.Node, list[str]] = {}  # a split's node -> its outputs' names
         self._count = 0
 
     # --- helpers ---------------------------------------------------------------------
@@ -374,11 +375,36 @@ class _Writer:
             return self.functional_conv1x1(node)
         if fn is channel_shuffle:
             return self.channel_shuffle(node)
+        if fn is torch.split:
+            self.split(node)
+            return None  # its pieces are read by the getitem nodes
+        source: Any = node.args[0]
+        if fn is operator.getitem and source in self.pieces:
+            index: Any = node.args[1]
+            return self.pieces[source][int(index)]
         if fn is operator.getitem and not isinstance(node.meta.get("val"), torch.Tensor):
             return None  # a size, used only for shapes
         raise OnnxExportError(
             f"function {getattr(fn, '__name__', fn)} (`{node.name}`) has no ONNX mapping"
         )
+
+    def split(self, node: fx.Node) -> None:
+        """``torch.split(x, sizes, dim)`` -> one ``Split`` node with an output per piece."""
+        sizes: Any = node.args[1] if len(node.args) > 1 else node.kwargs["split_size_or_sections"]
+        dim: Any = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+        source = self.meta(node.args[0])
+        if isinstance(sizes, int):
+            total = source.shape[dim]
+            sizes = [min(sizes, total - start) for start in range(0, total, sizes)]
+        lengths = self.const(
+            np.array([int(s) for s in sizes], dtype=np.int64), f"{node.name}.sizes"
+        )
+        outputs = [self.fresh(node.name) for _ in sizes]
+        x = self.value(node.args[0], torch.float32, node.name)
+        self.nodes.append(
+            self.helper.make_node("Split", [x, lengths], outputs, axis=int(dim) % source.dim())
+        )
+        self.pieces[node] = outputs
 
     def channel_shuffle(self, node: fx.Node) -> str:
         """Reshape to ``(N, g, C/g, H, W)``, swap the group axes, reshape back."""
