@@ -158,9 +158,12 @@ def fold_conv_bn(layer: nn.Module, bn: nn.Module) -> nn.Module:
     w, b = fold_bn_weights(
         weight, bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias
     )
-    out = copy.deepcopy(layer)
-    out.weight = nn.Parameter(w, requires_grad=weight.requires_grad)
-    _set_bias(out, b, weight.requires_grad)
+    memo: dict[int, Any] = {id(weight): nn.Parameter(w, requires_grad=weight.requires_grad)}
+    if bias is not None:
+        memo[id(bias)] = nn.Parameter(b, requires_grad=bias.requires_grad)
+    out = copy.deepcopy(layer, memo)  # the copy gets the folded parameters, the rest copied
+    if bias is None:
+        _set_bias(out, b, weight.requires_grad)
     return out
 
 
@@ -366,7 +369,12 @@ def fold_owned(
                 )
 
     if all(in_place for _, _, in_place in plans):
-        result = model if owned else copy.deepcopy(model)
+        if owned:
+            result = model
+        else:
+            # the layers and norms about to be replaced are not worth copying
+            skip = [modules[str(n.target)] for plan in plans for n in plan[:2]]
+            result = copy.deepcopy(model, {id(m): nn.Identity().train(m.training) for m in skip})
         for prev, node, _ in plans:
             set_module(
                 result,

@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import torch
 from torch import nn
+from torch.nn.utils import skip_init
 
 from onebyone import _checks
 from onebyone.functional import conv1x1
@@ -171,8 +172,11 @@ class FusedConv2d(_OneDNNEpilogue, nn.Conv2d):
         *args: Any,
         activation: str | None = None,
         residual_position: str = "before",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         **kwargs: Any,
     ) -> None:
+        kwargs.update(device=device, dtype=dtype)
         nn.Conv2d.__init__(self, *args, **kwargs)
         if isinstance(self.padding, str) or self.padding_mode != "zeros":
             raise _checks.invalid("padding", "numeric zero padding", self.padding)
@@ -197,7 +201,8 @@ class FusedConv2d(_OneDNNEpilogue, nn.Conv2d):
         if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
             raise _checks.invalid("conv", "an nn.Conv2d with numeric zero padding", conv)
         w = conv.weight
-        out = cls(
+        out = skip_init(  # no random initialisation: the parameters are copied next
+            cls,
             conv.in_channels,
             conv.out_channels,
             conv.kernel_size,
@@ -281,9 +286,11 @@ class FusedConv1x1(_OneDNNEpilogue, Conv1x1):
         out_channels: int,
         *,
         residual_position: str = "before",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         **kwargs: Any,
     ) -> None:
-        Conv1x1.__init__(self, in_channels, out_channels, **kwargs)
+        Conv1x1.__init__(self, in_channels, out_channels, device=device, dtype=dtype, **kwargs)
         self.residual_position = _checks.choice(
             "residual_position", residual_position, RESIDUAL_POSITIONS
         )
@@ -321,8 +328,8 @@ class FusedConv1x1(_OneDNNEpilogue, Conv1x1):
                 kind=TypeError,
             )
         w = conv.weight
-        assert isinstance(w, torch.Tensor)
-        out = cls(
+        out = skip_init(  # no random initialisation: the parameters are copied next
+            cls,
             w.shape[1] * groups,
             w.shape[0],
             stride=stride,
