@@ -33,9 +33,9 @@ from common import (
     Layer,
     environment,
     geomean,
+    interleaved_medians,
     layer_suite,
     measure_peak,
-    median_seconds,
     write_json,
 )
 from onebyone.nn import Conv1x1
@@ -124,7 +124,7 @@ def training_providers(layer: Layer, fmt: torch.memory_format) -> dict[str, Any]
 
 
 def time_all(providers: dict[str, Any], budget: float) -> dict[str, float]:
-    return {name: median_seconds(fn, budget_s=budget) for name, fn in providers.items()}
+    return interleaved_medians(providers, budget_s=budget * len(providers))
 
 
 def main(argv: list[str] | None = None) -> int:
