@@ -131,7 +131,9 @@ class _Writer:
 
     def op(self, op_type: str, inputs: list[str], hint: str, **attrs: Any) -> str:
         out = self.fresh(hint)
-        self.nodes.append(self.helper.make_node(op_type, inputs, [out], **attrs))
+        # the node is named after its output: "<module path or fx node>__<n>", so profiles
+        # of the ONNX graph map back to the model's layers
+        self.nodes.append(self.helper.make_node(op_type, inputs, [out], name=out, **attrs))
         return out
 
     def value(self, arg: object, dtype: torch.dtype, hint: str) -> str:
