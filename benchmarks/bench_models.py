@@ -30,6 +30,7 @@ import argparse
 import copy
 import io
 import random
+import re
 import statistics
 import sys
 import time
@@ -48,8 +49,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import onebyone as obo
-from common import environment, write_json
+from common import RESULTS, environment, write_json
 from onebyone.nn import Conv1x1
+from onebyone.transforms import to_onnx
+from onebyone.transforms.fold import fold_owned
+from onebyone.transforms.merge import merge_owned
 from onebyone.transforms.verify import compare
 
 MODELS = ("resnet50", "mobilenet_v2", "googlenet")
@@ -260,6 +264,98 @@ def run_case(
     }
 
 
+def layer_breakdown(
+    model: nn.Module, x: torch.Tensor, peak: float, runs: int = 10
+) -> list[dict[str, Any]]:
+    """Where the time goes: ONNX Runtime's kernel time per node of the graph onebyone gives it,
+    summed by layer category, against each category's roofline time (``onebyone.profile``
+    with this run's peak and the measured memory bandwidth). Nodes are named after their
+    layers by ``to_onnx``, so a fused node counts for the convolution it started from."""
+    import json
+
+    import onnxruntime as ort
+
+    folded, _ = fold_owned(model, x, owned=False)
+    merged, _ = merge_owned(folded, True, owned=True)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.enable_profiling = True
+    options.profile_file_prefix = str(RESULTS / "ort_profile")
+    proto = to_onnx(merged, x)
+    session = ort.InferenceSession(
+        proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    # ONNX Runtime names a fused node after the last node it absorbed (conv -> add -> relu is
+    # named after the relu): follow each epilogue node back to the convolution it extends
+    origin: dict[str, str] = {}
+    produced = {out: i for i, node in enumerate(proto.graph.node) for out in node.output}
+    for node in proto.graph.node:
+        layer = node.name.split("__")[0]
+        sources = [origin[i] for i in node.input if i in origin]
+        if (
+            node.op_type in ("Relu", "Clip", "Add", "Sigmoid", "Mul", "LeakyRelu", "HardSwish")
+            and sources
+        ):  # noqa: E501
+            latest = max((i for i in node.input if i in origin), key=produced.__getitem__)
+            layer = origin[latest]
+        if node.op_type == "Conv" or layer != node.name.split("__")[0]:
+            origin[node.name] = layer
+    feed = {session.get_inputs()[0].name: x.numpy()}
+    for _ in range(3 + runs):
+        session.run(None, feed)
+    trace_path = Path(session.end_profiling())
+    events = json.loads(trace_path.read_text())
+    trace_path.unlink()
+    kernel: dict[str, list[float]] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            kernel.setdefault(e["name"][: -len("_kernel_time")], []).append(e["dur"] / 1e3)
+    node_ms = {name: sorted(v)[len(v) // 2] for name, v in kernel.items()}  # median per node
+    gbps = obo.machine_peak().gbps
+    prof = obo.profile(model, x, peak=obo.MachinePeak(gflops=peak, gbps=gbps))
+    category = {layer.name: layer.category for layer in prof.layers}
+    rows: dict[str, dict[str, Any]] = {}
+    for layer in prof.layers:
+        row = rows.setdefault(layer.category, {"category": layer.category, "layers": 0,
+                                               "gflop": 0.0, "roofline_ms": 0.0, "measured_ms": 0.0})  # fmt: skip
+        row["layers"] += 1
+        row["gflop"] += layer.cost.flops / 1e9
+        row["roofline_ms"] += layer.time_s * 1e3
+    other = {"category": "not a model layer (layout reorders)", "layers": 0, "gflop": 0.0,
+             "roofline_ms": 0.0, "measured_ms": 0.0}  # fmt: skip
+    for name, ms in node_ms.items():
+        base = re.match(r"^(.*?__\d+)", name)
+        key = base.group(1) if base else name
+        layer = origin.get(key, key.split("__")[0])
+        target = rows.get(category.get(layer, ""), other)
+        target["measured_ms"] += ms
+    out = [*rows.values(), other]
+    for row in out:
+        row["roofline_fraction"] = (
+            row["roofline_ms"] / row["measured_ms"] if row["measured_ms"] else None
+        )
+    return out
+
+
+def print_breakdown(console: Console, name: str, batch: int, rows: list[dict[str, Any]]) -> None:
+    table = Table(title=f"{name} batch {batch}: ONNX Runtime kernel time by layer category",
+                  title_justify="left")  # fmt: skip
+    for column in (
+        "category",
+        "layers",
+        "GFLOP",
+        "roofline ms",
+        "measured ms",
+        "roofline / measured",
+    ):
+        table.add_column(column, justify="left" if column == "category" else "right")
+    for r in rows:
+        fraction = r["roofline_fraction"]
+        table.add_row(r["category"], str(r["layers"]), f"{r['gflop']:.3f}", f"{r['roofline_ms']:.2f}",
+                      f"{r['measured_ms']:.2f}", "-" if fraction is None else f"{100 * fraction:.0f}%")  # fmt: skip
+    console.print(table)
+
+
 def print_case(console: Console, case: dict[str, Any]) -> None:
     table = Table(
         title=f"{case['model']} batch {case['batch']} ({case['macs'] / 1e9:.3f} GMAC)",
@@ -308,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", default="1,8")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per case")
     parser.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
+    parser.add_argument("--layers", action="store_true",
+                        help="also show where ONNX Runtime's time goes, by layer category")  # fmt: skip
     parser.add_argument("--gap-ms", type=float, default=20.0,
                         help="pause before each timed call (default 20 ms)")  # fmt: skip
     args = parser.parse_args(argv)
@@ -341,6 +439,11 @@ def main(argv: list[str] | None = None) -> int:
         for row in case["rows"]:
             row["peak_fraction"] = row["gflops"] / peak
         print_case(console, case)
+        if args.layers:
+            model = plain_pytorch(random_norms(obo.create_model(case["model"])))
+            x = torch.randn(case["batch"], 3, 224, 224)
+            case["layers"] = layer_breakdown(model, x, peak)
+            print_breakdown(console, case["model"], case["batch"], case["layers"])
     checks = targets(cases)
     table = Table(title="targets: onebyone.optimize speed-up over each peer", title_justify="left")
     for column in ("model", "batch", "peer", "target", "measured", "met"):
