@@ -295,7 +295,7 @@ def layer_breakdown(
         if (
             node.op_type in ("Relu", "Clip", "Add", "Sigmoid", "Mul", "LeakyRelu", "HardSwish")
             and sources
-        ):  # noqa: E501
+        ):
             latest = max((i for i in node.input if i in origin), key=produced.__getitem__)
             layer = origin[latest]
         if node.op_type == "Conv" or layer != node.name.split("__")[0]:
@@ -316,13 +316,26 @@ def layer_breakdown(
     category = {layer.name: layer.category for layer in prof.layers}
     rows: dict[str, dict[str, Any]] = {}
     for layer in prof.layers:
-        row = rows.setdefault(layer.category, {"category": layer.category, "layers": 0,
-                                               "gflop": 0.0, "roofline_ms": 0.0, "measured_ms": 0.0})  # fmt: skip
+        row = rows.setdefault(
+            layer.category,
+            {
+                "category": layer.category,
+                "layers": 0,
+                "gflop": 0.0,
+                "roofline_ms": 0.0,
+                "measured_ms": 0.0,
+            },
+        )
         row["layers"] += 1
         row["gflop"] += layer.cost.flops / 1e9
         row["roofline_ms"] += layer.time_s * 1e3
-    other = {"category": "not a model layer (layout reorders)", "layers": 0, "gflop": 0.0,
-             "roofline_ms": 0.0, "measured_ms": 0.0}  # fmt: skip
+    other = {
+        "category": "not a model layer (layout reorders)",
+        "layers": 0,
+        "gflop": 0.0,
+        "roofline_ms": 0.0,
+        "measured_ms": 0.0,
+    }
     for name, ms in node_ms.items():
         base = re.match(r"^(.*?__\d+)", name)
         key = base.group(1) if base else name
@@ -338,8 +351,10 @@ def layer_breakdown(
 
 
 def print_breakdown(console: Console, name: str, batch: int, rows: list[dict[str, Any]]) -> None:
-    table = Table(title=f"{name} batch {batch}: ONNX Runtime kernel time by layer category",
-                  title_justify="left")  # fmt: skip
+    table = Table(
+        title=f"{name} batch {batch}: ONNX Runtime kernel time by layer category",
+        title_justify="left",
+    )
     for column in (
         "category",
         "layers",
@@ -351,8 +366,14 @@ def print_breakdown(console: Console, name: str, batch: int, rows: list[dict[str
         table.add_column(column, justify="left" if column == "category" else "right")
     for r in rows:
         fraction = r["roofline_fraction"]
-        table.add_row(r["category"], str(r["layers"]), f"{r['gflop']:.3f}", f"{r['roofline_ms']:.2f}",
-                      f"{r['measured_ms']:.2f}", "-" if fraction is None else f"{100 * fraction:.0f}%")  # fmt: skip
+        table.add_row(
+            r["category"],
+            str(r["layers"]),
+            f"{r['gflop']:.3f}",
+            f"{r['roofline_ms']:.2f}",
+            f"{r['measured_ms']:.2f}",
+            "-" if fraction is None else f"{100 * fraction:.0f}%",
+        )
     console.print(table)
 
 
@@ -361,8 +382,16 @@ def print_case(console: Console, case: dict[str, Any]) -> None:
         title=f"{case['model']} batch {case['batch']} ({case['macs'] / 1e9:.3f} GMAC)",
         title_justify="left",
     )
-    for column in ("provider", "median ms", "images/s", "GFLOP/s", "% peak", "prep s",
-                   "max rel err", "onebyone speed-up"):  # fmt: skip
+    for column in (
+        "provider",
+        "median ms",
+        "images/s",
+        "GFLOP/s",
+        "% peak",
+        "prep s",
+        "max rel err",
+        "onebyone speed-up",
+    ):
         table.add_column(column, justify="left" if column == "provider" else "right")
     for r in case["rows"]:
         ratio = case["speedup_vs"].get(r["provider"])
@@ -389,11 +418,26 @@ def targets(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ratio = case["speedup_vs"].get(peer)
             if ratio is None:
                 continue
-            out.append({"model": case["model"], "batch": case["batch"], "peer": peer,
-                        "target": target, "ratio": ratio, "met": ratio >= target})  # fmt: skip
-        out.append({"model": case["model"], "batch": case["batch"], "peer": "prepare (s)",
-                    "target": 2.0, "ratio": ours["prepare_s"],
-                    "met": ours["prepare_s"] < 2.0})  # fmt: skip
+            out.append(
+                {
+                    "model": case["model"],
+                    "batch": case["batch"],
+                    "peer": peer,
+                    "target": target,
+                    "ratio": ratio,
+                    "met": ratio >= target,
+                }
+            )
+        out.append(
+            {
+                "model": case["model"],
+                "batch": case["batch"],
+                "peer": "prepare (s)",
+                "target": 2.0,
+                "ratio": ours["prepare_s"],
+                "met": ours["prepare_s"] < 2.0,
+            }
+        )
     return out
 
 
@@ -404,10 +448,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", default="1,8")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per case")
     parser.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
-    parser.add_argument("--layers", action="store_true",
-                        help="also show where ONNX Runtime's time goes, by layer category")  # fmt: skip
-    parser.add_argument("--gap-ms", type=float, default=20.0,
-                        help="pause before each timed call (default 20 ms)")  # fmt: skip
+    parser.add_argument(
+        "--layers",
+        action="store_true",
+        help="also show where ONNX Runtime's time goes, by layer category",
+    )
+    parser.add_argument(
+        "--gap-ms", type=float, default=20.0, help="pause before each timed call (default 20 ms)"
+    )
     args = parser.parse_args(argv)
     models = ["resnet50", "mobilenet_v2"] if args.quick else args.models.split(",")
     batches = [1] if args.quick else [int(b) for b in args.batch.split(",")]
@@ -424,9 +472,13 @@ def main(argv: list[str] | None = None) -> int:
         for batch in batches:
             console.print(f"running {name} batch {batch} ...")
             case = run_case(
-                name, batch, rounds=rounds, warmup=3, gap_s=args.gap_ms / 1e3,
+                name,
+                batch,
+                rounds=rounds,
+                warmup=3,
+                gap_s=args.gap_ms / 1e3,
                 with_compile=not args.no_compile,
-            )  # fmt: skip
+            )
             cases.append(case)
     end_peak, end_engine = peak_gflops()
     peak = max(start_peak, end_peak)  # the machine's peak: the better of two measurements
@@ -451,8 +503,14 @@ def main(argv: list[str] | None = None) -> int:
     for c in checks:
         unit = " s" if c["peer"] == "prepare (s)" else "x"
         bound = "<" if c["peer"] == "prepare (s)" else ">="
-        table.add_row(c["model"], str(c["batch"]), c["peer"], f"{bound} {c['target']}{unit}",
-                      f"{c['ratio']:.2f}{unit}", "yes" if c["met"] else "NO")  # fmt: skip
+        table.add_row(
+            c["model"],
+            str(c["batch"]),
+            c["peer"],
+            f"{bound} {c['target']}{unit}",
+            f"{c['ratio']:.2f}{unit}",
+            "yes" if c["met"] else "NO",
+        )
     console.print(table)
     payload = {
         "environment": environment(),
