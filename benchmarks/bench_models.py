@@ -9,7 +9,9 @@ call so that the ratios hold on a shared machine:
 - ``optimize_for_inference``: ``torch.jit.optimize_for_inference(torch.jit.trace(...))``;
 - ``compile+freezing``: ``torch.compile`` with ``torch._inductor.config.freezing = True``;
 - ``onnxruntime``: ``torch.onnx.export`` then ONNX Runtime (CPU EP, all graph optimisations);
-- ``onebyone.optimize``: fold -> merge -> fuse -> layout, verified, engine chosen by measurement.
+- ``onebyone.optimize``: fold -> merge -> fuse -> layout, verified, engine chosen by measurement;
+- ``onebyone torch engine``: the same with ``engine="torch"`` (onebyone's fused oneDNN
+  graph, no ONNX Runtime), for reference; the targets concern ``onebyone.optimize``.
 
 Reported per provider: median latency, images/s, GFLOP/s (MACs from
 ``onebyone.profile``), the fraction of the machine's peak measured in the same
@@ -170,6 +172,12 @@ def build_providers(
             lambda: torch.from_numpy(session.run(None, {name: x_np})[0]),
             time.perf_counter() - t,
         )
+    )
+
+    t = time.perf_counter()
+    own, _ = obo.optimize(model, x, engine="torch", measure=False)
+    providers.append(
+        Provider("onebyone torch engine", lambda: own(x), time.perf_counter() - t, note="torch")
     )
 
     t = time.perf_counter()

@@ -224,6 +224,13 @@ def is_add(node: fx.Node) -> bool:
     return False
 
 
+_OPERATOR_INPLACE = {
+    operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
+    operator.imod, operator.ipow, operator.iand, operator.ior, operator.ixor,
+    operator.ilshift, operator.irshift, operator.imatmul,
+}  # fmt: skip
+
+
 def is_inplace(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     """True when ``node`` may overwrite its first argument."""
     if node.op == "call_method":
@@ -232,8 +239,8 @@ def is_inplace(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
         name = getattr(node.target, "__name__", "")
         return (
             bool(node.kwargs.get("inplace"))
-            or (name.endswith("_") and not name.endswith("__"))
-            or (name.startswith("i") and getattr(operator, name, None) is node.target)
+            or (name.endswith("_") and not name.endswith("__"))  # torch.relu_, F.relu_
+            or node.target in _OPERATOR_INPLACE
         )
     if node.op == "call_module":
         return bool(getattr(modules.get(str(node.target)), "inplace", False))
