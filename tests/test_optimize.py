@@ -127,8 +127,8 @@ def test_bad_models_and_inputs() -> None:
         obo.optimize(model, [[1.0]])  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("name", ["resnet50", "mobilenet_v2", "googlenet", "shufflenet_v1"])
-def test_builtin_models_optimize_on_both_engines(name: str) -> None:
+@pytest.mark.parametrize("name", obo.list_models())
+def test_every_builtin_model_optimizes_on_both_engines(name: str) -> None:
     model = randomize_norms(obo.create_model(name))
     x = torch.randn(1, 3, 32, 32)
     fast, report = obo.optimize(model, x, measure=False)

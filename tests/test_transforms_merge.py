@@ -138,8 +138,8 @@ def test_training_mode_and_bad_flag_are_refused() -> None:
         obo.merge_pointwise(nn.Sequential(nn.Conv2d(2, 2, 1)).eval(), only_if_cheaper=1)  # type: ignore[call-overload]
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v2", "squeezenet1_1", "shufflenet_v1"])
-def test_builtin_models_keep_their_outputs(name: str) -> None:
+@pytest.mark.parametrize("name", obo.list_models())
+def test_every_builtin_model_keeps_its_outputs(name: str) -> None:
     model = randomize_norms(obo.create_model(name))
     before = snapshot(model)
     folded = obo.fold_batchnorm(model)
@@ -148,6 +148,10 @@ def test_builtin_models_keep_their_outputs(name: str) -> None:
     assert obo.verify(model, merged, x).ok
     # the norms are folded already, so every merge joins two convolutions into one
     assert _convs(merged) == _convs(folded) - report.count
+    wide, wide_report = obo.merge_pointwise(folded, siblings=True, with_report=True)
+    assert obo.verify(model, wide, x).ok
+    if name == "googlenet":  # the first three branches of each of its 9 Inception modules
+        assert sum("siblings" in a for a in wide_report.applied) == 9
     assert_unchanged(model, before)
 
 
