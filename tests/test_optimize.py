@@ -136,3 +136,23 @@ def test_every_builtin_model_optimizes_on_both_engines(name: str) -> None:
     assert all(err < 1e-4 for err in report.candidate_errors.values())
     assert report.layers_after is not None and report.layers_after.batch_norms == 0
     assert obo.verify(model, fast, x).ok
+
+
+def test_several_outputs_keep_their_container() -> None:
+    class TwoHeads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+            y = torch.relu(self.conv(x))
+            return [y, y.mean((2, 3))]
+
+    model = TwoHeads().eval()
+    x = torch.randn(2, 3, 8, 8)
+    for engine in ("onnxruntime", "torch"):
+        fast, _ = obo.optimize(model, x, engine=engine, measure=False)
+        with torch.inference_mode():
+            out = fast(x)
+        assert isinstance(out, list) and len(out) == 2
+        assert obo.verify(model, fast, x).ok

@@ -35,7 +35,8 @@ class OnnxRuntimeModule(nn.Module):
             data (handed to the session without serialising them); may be empty.
         input_shapes: the static shape of every input, in order.
         output_shapes: the static shape of every output, in order.
-        single_output: return a tensor rather than a 1-tuple.
+        single_output: return a tensor rather than a sequence.
+        output_list: return several outputs as a list rather than a tuple.
         fallback: module for inputs the graph was not built for; ``None`` raises instead.
         intra_op_threads: ONNX Runtime's thread count (``0``: its default, one per core).
 
@@ -62,6 +63,7 @@ class OnnxRuntimeModule(nn.Module):
         input_shapes: list[tuple[int, ...]],
         output_shapes: list[tuple[int, ...]],
         single_output: bool = True,
+        output_list: bool = False,
         fallback: nn.Module | None = None,
         intra_op_threads: int = 0,
     ) -> None:
@@ -75,6 +77,7 @@ class OnnxRuntimeModule(nn.Module):
         self.input_shapes = [tuple(int(d) for d in s) for s in input_shapes]
         self.output_shapes = [tuple(int(d) for d in s) for s in output_shapes]
         self.single_output = single_output
+        self.output_list = output_list
         self.fallback = fallback
         self.intra_op_threads = intra_op_threads
         self._session: Any = None
@@ -117,7 +120,9 @@ class OnnxRuntimeModule(nn.Module):
                 return False
         return True
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    def forward(
+        self, *inputs: torch.Tensor
+    ) -> torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor]:
         if not self.accepts(inputs):
             if self.fallback is None:
                 shapes = [tuple(t.shape) for t in inputs]
@@ -135,7 +140,9 @@ class OnnxRuntimeModule(nn.Module):
             for name, t in zip(self._input_names, inputs, strict=True)
         }
         outputs = [torch.from_numpy(o) for o in self._session.run(self._output_names, feed)]
-        return outputs[0] if self.single_output else tuple(outputs)
+        if self.single_output:
+            return outputs[0]
+        return outputs if self.output_list else tuple(outputs)
 
     def extra_repr(self) -> str:
         return f"inputs={self.input_shapes}, outputs={self.output_shapes}"
