@@ -206,7 +206,7 @@ def test_grouped_is_concat_of_per_group():
     assert_close(obo.conv1x1(x, wt, b, groups=3), torch.cat(parts, dim=1))
 
 
-def test_auto_uses_onednn_for_inference_and_gemm_for_training(monkeypatch):
+def test_auto_uses_onednn_on_cpu_and_gemm_where_onednn_cannot(monkeypatch):
     calls = []
     for name, module in functional._KERNELS.items():
         original = module.conv1x1
@@ -221,15 +221,70 @@ def test_auto_uses_onednn_for_inference_and_gemm_for_training(monkeypatch):
         obo.conv1x1(x, wt, b)
     obo.conv1x1(x, wt.requires_grad_(), b)
     obo.conv1x1(x.double(), wt.detach().double(), b.double())
-    assert calls == ["onednn", "gemm", "gemm"]
+    assert calls == ["onednn", "onednn", "gemm"]  # inference, training, float64
 
 
 def test_explicit_backend_that_cannot_run_says_why():
-    x = torch.randn(1, 4, 2, 2, requires_grad=True)
-    with pytest.raises(obo.BackendUnavailableError, match=r"backend=.onednn.*no backward"):
-        obo.conv1x1(x, torch.randn(3, 4), backend="onednn")
+    x = torch.randn(1, 4, 2, 2)
+    with pytest.raises(obo.BackendUnavailableError, match=r"backend='onednn'.*CPU tensors.*meta"):
+        obo.conv1x1(x.to("meta"), torch.randn(3, 4, device="meta"), backend="onednn")
     with pytest.raises(obo.BackendUnavailableError, match=r"does not run torch\.float64"):
-        obo.conv1x1(x.detach().double(), torch.randn(3, 4).double(), backend="onednn")
+        obo.conv1x1(x.double(), torch.randn(3, 4).double(), backend="onednn")
+
+
+@pytest.mark.parametrize("activation", list(ACTS))
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_onednn_training_gradients(activation, channels_last, with_residual):
+    """The fused oneDNN forward + convolution backward against float64 autograd on the GEMM path."""
+    x, wt, b = make(2, 12, 8, 5, 4, 2, seed=11)
+    x = (2 * x).to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    r = torch.randn(2, 8, 3, 2) if with_residual else None
+    grad = torch.randn(2, 8, 3, 2)
+
+    def run(dtype, backend):
+        leaves = [t.detach().to(dtype).clone().requires_grad_() for t in (x, wt, b)]
+        res = None if r is None else r.detach().to(dtype).clone().requires_grad_()
+        y = obo.conv1x1(*leaves, stride=2, groups=2, activation=activation, residual=res,
+                        backend=backend)  # fmt: skip
+        y.backward(grad.to(dtype))
+        return y, [t.grad for t in leaves] + ([] if res is None else [res.grad])
+
+    y, grads = run(torch.float32, "onednn")
+    y_ref, grads_ref = run(torch.float64, "gemm")
+    assert_close(y, y_ref)
+    for g, e in zip(grads, grads_ref, strict=True):
+        assert_close(g, e)
+
+
+def test_onednn_training_updates_only_requested_gradients():
+    x, wt, b = make(1, 6, 4, 3, 3, 1)
+    w = wt.clone().requires_grad_()
+    obo.conv1x1(x, w, b, activation="silu", backend="onednn").sum().backward()
+    assert w.grad is not None and x.grad is None and b.grad is None
+
+
+def test_packed_weights_follow_in_place_updates():
+    """Channels-last inference packs the weight once; writing to it must not serve stale results."""
+    x = torch.randn(2, 16, 5, 5).to(memory_format=torch.channels_last)
+    w = torch.randn(8, 16)
+    with torch.no_grad():
+        first = obo.conv1x1(x, w, backend="onednn")
+        w.mul_(2)  # an in-place update, as an optimizer step makes
+        second = obo.conv1x1(x, w, backend="onednn")
+        assert_close(second, 2 * first)
+        w4 = torch.randn(8, 16, 1, 1)
+        y_view = obo.conv1x1(x, w4, backend="onednn")  # 4-D weight: a new view each call
+        w4[:4].zero_()
+        assert_close(obo.conv1x1(x, w4, backend="onednn")[:, 4:], y_view[:, 4:])
+        assert (obo.conv1x1(x, w4, backend="onednn")[:, :4] == 0).all()
+        big = torch.randn(16, 16)
+        top, bottom = (
+            obo.conv1x1(x, big[:8], backend="onednn"),
+            obo.conv1x1(x, big[8:], backend="onednn"),
+        )
+        assert_close(top, F.conv2d(x, big[:8, :, None, None]))
+        assert_close(bottom, F.conv2d(x, big[8:, :, None, None]))
 
 
 def test_auto_falls_back_with_one_warning(monkeypatch):
@@ -282,3 +337,19 @@ def test_torch_compile_traces_without_graph_breaks(grad):
     with torch.set_grad_enabled(grad):
         explanation = dynamo.explain(model)(torch.randn(1, 8, 4, 4))
     assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+def test_packed_weight_cache_dies_with_its_weight():
+    import gc
+
+    from onebyone.kernels import onednn
+
+    x = torch.randn(1, 8, 3, 3).to(memory_format=torch.channels_last)
+    w = torch.randn(4, 8)
+    with torch.no_grad():
+        obo.conv1x1(x, w, backend="onednn")
+    assert id(w) in onednn._PACKED
+    key = id(w)
+    del w
+    gc.collect()
+    assert key not in onednn._PACKED

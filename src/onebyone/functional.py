@@ -90,14 +90,14 @@ def _pick_kernel(backend: str, x: torch.Tensor, needs_grad: bool) -> ModuleType:
             warnings.warn(
                 f"onebyone: {kernel}. CUDA uses the GEMM path.", RuntimeWarning, stacklevel=3
             )
-    if x.device.type == "cpu" and not needs_grad:
+    if x.device.type == "cpu":
         if onednn.unsupported(x, needs_grad) is None:
             return onednn
         if not _warned_fallback and not onednn.is_available():
             _warned_fallback = True
             warnings.warn(
                 "onebyone: this PyTorch build lacks oneDNN's fused convolution; "
-                "CPU inference uses the GEMM path.",
+                "the CPU uses the GEMM path.",
                 RuntimeWarning,
                 stacklevel=3,
             )

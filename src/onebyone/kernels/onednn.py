@@ -1,19 +1,30 @@
-"""CPU inference path: oneDNN's convolution with fused post-ops.
+"""CPU path: oneDNN's convolution with fused post-ops, for inference and training.
 
 ``torch.ops.mkldnn._convolution_pointwise`` runs the 1x1 convolution with bias
 and a unary post-op in one pass; its ``.binary`` overload adds the residual
 (and can follow the add with ReLU). Other activations after a residual run in
-place on the fresh output. No autograd: this path serves calls that need no
-gradient.
+place on the fresh output.
+
+Inference on channels-last input packs each weight once into oneDNN's blocked
+layout and keeps it while the weight is unchanged (same storage, shape and
+version counter), so weight-heavy layers stop paying a reorder per call. Training runs the same
+fused forward inside an ``autograd.Function`` whose backward applies the
+activation's derivative (ATen's own ``*_backward`` ops, from the output, or
+from the saved pre-activation for silu/gelu/hardswish) and oneDNN's
+``convolution_backward`` for the input and weight gradients: on these CPUs
+oneDNN's convolution primitives are faster than the BLAS behind ``matmul``.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
+from torch.autograd.function import FunctionCtx, once_differentiable
 
 from onebyone.kernels.epilogue import LEAKY_RELU_SLOPE, apply_activation
+from onebyone.kernels.gemm import is_channels_last
 
 __all__ = ["conv1x1", "is_available", "unsupported"]
 
@@ -63,13 +74,147 @@ def unsupported(x: torch.Tensor, needs_grad: bool) -> str | None:
         return "this PyTorch build has no torch.ops.mkldnn._convolution_pointwise"
     if x.device.type != "cpu":
         return f"oneDNN runs on CPU tensors, x is on {x.device}"
-    if needs_grad:
-        return "oneDNN's fused convolution has no backward; use backend='gemm' for training"
     if x.dtype not in _DTYPES:
         return f"oneDNN on this CPU does not run {x.dtype}"
     if x.numel() == 0 or 0 in x.shape:
         return "oneDNN rejects empty inputs"
     return None
+
+
+# activations whose derivative needs the pre-activation z (the others use the output y)
+_NEEDS_PREACTIVATION = ("silu", "gelu", "hardswish")
+
+# id(weight) -> {geometry and version -> packed weight}; an entry dies with its weight.
+# (Not a WeakKeyDictionary: it compares keys with ==, which is elementwise on tensors.)
+_PACKED: dict[int, dict[tuple[Any, ...], torch.Tensor]] = {}
+_MAX_PACKED_PER_WEIGHT = 4
+
+
+def _cache_of(owner: torch.Tensor) -> dict[tuple[Any, ...], torch.Tensor]:
+    entries = _PACKED.get(id(owner))
+    if entries is None:
+        entries = _PACKED[id(owner)] = {}
+        weakref.finalize(owner, _PACKED.pop, id(owner), None)
+    return entries
+
+
+def _packed_weight(
+    weight: torch.Tensor, w4: torch.Tensor, stride: tuple[int, int], groups: int, x: torch.Tensor
+) -> torch.Tensor:
+    """``w4`` reordered for oneDNN, cached while ``weight`` is unchanged."""
+    owner = weight if weight._base is None else weight._base
+    key = (
+        weight.data_ptr(),
+        tuple(weight.shape),
+        weight.stride(),
+        weight._version,  # bumped by every in-place write (optimizer steps, copy_, ...)
+        weight.dtype,
+        stride,
+        groups,
+        tuple(x.shape),
+    )
+    entries = _cache_of(owner)
+    packed = entries.get(key)
+    if packed is None:
+        if len(entries) >= _MAX_PACKED_PER_WEIGHT:
+            entries.clear()
+        packed = torch.ops.mkldnn._reorder_convolution_weight(
+            w4, [0, 0], list(stride), [1, 1], groups, list(x.shape)
+        )
+        entries[key] = packed
+    return packed
+
+
+def _forward(
+    x: torch.Tensor,
+    w4: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    stride: tuple[int, int],
+    groups: int,
+    activation: str | None,
+) -> torch.Tensor:
+    """``act(conv(x) + bias + residual)`` with as much as oneDNN fuses, the rest in place."""
+    geometry = ([0, 0], list(stride), [1, 1], groups)
+    if residual is None:
+        attr, scalars, algorithm = _UNARY[activation]
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, w4, bias, *geometry, attr, scalars, algorithm
+        )
+    # bfloat16's fallback for a fused add+relu is unimplemented in some layouts.
+    fused = activation if activation in _AFTER_BINARY and x.dtype == torch.float32 else None
+    y = torch.ops.mkldnn._convolution_pointwise.binary(
+        x, residual, w4, bias, *geometry, "add", 1.0, fused, [], None
+    )
+    return y if fused == activation else apply_activation(y, activation, inplace=True)
+
+
+def _activation_backward(
+    grad: torch.Tensor, saved: torch.Tensor, activation: str | None
+) -> torch.Tensor:
+    """``grad * act'(z)``; ``saved`` is z for silu/gelu/hardswish, else the output y."""
+    aten = torch.ops.aten
+    if activation is None:
+        return grad
+    if activation == "relu":
+        return aten.threshold_backward(grad, saved, 0)
+    if activation == "relu6":
+        return aten.hardtanh_backward(grad, saved, 0.0, 6.0)
+    if activation == "leaky_relu":
+        return aten.leaky_relu_backward(grad, saved, LEAKY_RELU_SLOPE, True)
+    if activation == "sigmoid":
+        return aten.sigmoid_backward(grad, saved)
+    if activation == "tanh":
+        return aten.tanh_backward(grad, saved)
+    if activation == "silu":
+        return aten.silu_backward(grad, saved)
+    if activation == "gelu":
+        return aten.gelu_backward(grad, saved)
+    return aten.hardswish_backward(grad, saved)
+
+
+class _FusedConv1x1(torch.autograd.Function):
+    """Training: the fused oneDNN forward, oneDNN's convolution backward."""
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        x: torch.Tensor,
+        w4: torch.Tensor,
+        bias: torch.Tensor | None,
+        residual: torch.Tensor | None,
+        stride: tuple[int, int],
+        groups: int,
+        activation: str | None,
+    ) -> torch.Tensor:
+        if activation in _NEEDS_PREACTIVATION:
+            z = _forward(x, w4, bias, residual, stride, groups, None)
+            y = apply_activation(z, activation, inplace=False)
+            saved = z
+        else:
+            y = _forward(x, w4, bias, residual, stride, groups, activation)
+            saved = y
+        # x and w4 are the caller's input and a view of the weight: saving them costs nothing new
+        ctx.save_for_backward(x, w4, saved)
+        ctx.geometry = (stride, groups, activation)  # type: ignore[attr-defined]
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, w4, saved = ctx.saved_tensors  # type: ignore[attr-defined]
+        stride, groups, activation = ctx.geometry  # type: ignore[attr-defined]
+        needs = ctx.needs_input_grad  # type: ignore[attr-defined]
+        grad_z = _activation_backward(grad_y, saved, activation)
+        grad_x = grad_w = None
+        if needs[0] or needs[1]:
+            grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+                grad_z, x, w4, None, list(stride), [0, 0], [1, 1], False, [0, 0], groups,
+                [needs[0], needs[1], False],
+            )  # fmt: skip
+        grad_b = grad_z.sum((0, 2, 3)) if needs[2] else None
+        grad_r = grad_z if needs[3] else None
+        return grad_x, grad_w, grad_b, grad_r, None, None, None
 
 
 def conv1x1(
@@ -89,15 +234,11 @@ def conv1x1(
     """
     k, cg = weight.shape
     w4 = weight.reshape(k, cg, 1, 1)  # (K, C/g) -> (K, C/g, 1, 1), a view
-    geometry = ([0, 0], list(stride), [1, 1], groups)
-    if residual is None:
-        attr, scalars, algorithm = _UNARY[activation]
-        return torch.ops.mkldnn._convolution_pointwise(
-            x, w4, bias, *geometry, attr, scalars, algorithm
-        )
-    # bfloat16's fallback for a fused add+relu is unimplemented in some layouts.
-    fused = activation if activation in _AFTER_BINARY and x.dtype == torch.float32 else None
-    y = torch.ops.mkldnn._convolution_pointwise.binary(
-        x, residual, w4, bias, *geometry, "add", 1.0, fused, [], None
-    )
-    return y if fused == activation else apply_activation(y, activation, inplace=True)
+    if torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, bias, residual)
+    ):
+        return _FusedConv1x1.apply(x, w4, bias, residual, stride, groups, activation)
+    # A packed weight makes oneDNN write channels-last output: pack for channels-last input only.
+    if is_channels_last(x) and not torch.compiler.is_compiling():
+        w4 = _packed_weight(weight, w4, stride, groups, x)
+    return _forward(x, w4, bias, residual, stride, groups, activation)

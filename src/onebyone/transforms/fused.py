@@ -87,7 +87,8 @@ class _OneDNNEpilogue:
             or self.weight.requires_grad
             or (residual is not None and residual.requires_grad)
         )
-        if onednn.unsupported(x, needs_grad) is not None:
+        # the direct oneDNN calls below have no autograd: training runs the PyTorch ops
+        if needs_grad or onednn.unsupported(x, needs_grad) is not None:
             return False
         return residual is None or (residual.dtype == x.dtype and residual.dim() == 4)
 
