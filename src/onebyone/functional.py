@@ -128,9 +128,10 @@ def conv1x1(
         activation: ``None`` or one of ``relu``, ``relu6``, ``leaky_relu`` (slope
             0.01), ``silu``, ``gelu`` (exact erf form), ``hardswish``, ``sigmoid``, ``tanh``.
         residual: optional tensor of the output's shape, added before the activation.
-        backend: ``"auto"`` (oneDNN for CPU inference, Triton for CUDA tensors when
-            Triton is installed, else the GEMM path), ``"gemm"`` (matmul on views; any
-            device, autograd), ``"onednn"`` or ``"triton"`` (forward and backward).
+        backend: ``"auto"`` (oneDNN on the CPU for float32/bfloat16, Triton for CUDA
+            tensors when Triton is installed, else the GEMM path), ``"gemm"`` (matmul on
+            views; any device and dtype), ``"onednn"`` or ``"triton"``. Every backend
+            runs forward and backward.
             An explicit backend that cannot run raises ``BackendUnavailableError``.
 
     Shape:
