@@ -62,9 +62,9 @@ def batchnorm_affine(
 
     Example:
         >>> import torch
-        >>> s, t = batchnorm_affine(torch.zeros(2), torch.full((2,), 4.0), 0.0, None, None)
+        >>> s, t = batchnorm_affine(torch.ones(2), torch.full((2,), 4.0), 0.0, None, None)
         >>> s.tolist(), t.tolist()
-        ([0.5, 0.5], [0.0, 0.0])
+        ([0.5, 0.5], [-0.5, -0.5])
     """
     mean = running_mean.detach().to(torch.float64)
     scale = torch.rsqrt(running_var.detach().to(torch.float64) + eps)  # (K,)

@@ -526,8 +526,8 @@ def to_onnx(model: nn.Module, example_input: object) -> Any:
         >>> from onebyone.transforms import to_onnx
         >>> model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU()).eval()
         >>> proto = to_onnx(model, torch.randn(1, 3, 8, 8))
-        >>> [n.op_type for n in proto.graph.node]
-        ['Conv', 'Relu']
+        >>> [n.op_type for n in proto.graph.node]  # the Identity names the graph's output
+        ['Conv', 'Relu', 'Identity']
     """
     proto, _ = build_onnx(model, example_input, external=False)
     return proto
