@@ -7,7 +7,9 @@ MobileNetV2 and GoogLeNet at batch 1 and 8, plus odd shapes), fp32 on the CPU:
 2. PyTorch inference of conv + bias + folded-BN + residual + ReLU:
    ``onebyone.conv1x1`` vs the eager chain ``Conv2d -> BatchNorm2d -> add -> ReLU``,
    in NCHW and channels-last.
-3. PyTorch training step (forward + backward): ``Conv1x1`` vs ``nn.Conv2d(k=1)``.
+3. PyTorch training step (forward + backward): ``Conv1x1`` vs ``nn.Conv2d(k=1)``, and
+   with an epilogue: ``Conv1x1(activation="relu")(x, residual=r)`` vs
+   ``relu(Conv2d(x) + r)``.
 
 Run: ``python benchmarks/bench_op.py`` (``--quick`` for a short subset).
 """
@@ -123,6 +125,34 @@ def training_providers(layer: Layer, fmt: torch.memory_format) -> dict[str, Any]
     return {"nn.Conv2d": step(ref), "Conv1x1": step(ours)}
 
 
+def epilogue_training_providers(layer: Layer, fmt: torch.memory_format) -> dict[str, Any]:
+    """Training with an epilogue: relu(conv(x) + b + r), fused vs the eager chain."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(layer.batch, layer.c, layer.h, layer.w, generator=gen)
+    x = x.to(memory_format=fmt).requires_grad_()
+    ref = nn.Conv2d(layer.c, layer.k, 1, stride=layer.stride, groups=layer.groups)
+    ref = ref.to(memory_format=fmt)
+    ours = Conv1x1(layer.c, layer.k, stride=layer.stride, groups=layer.groups, activation="relu")
+    ours.load_state_dict(ref.state_dict())
+    with torch.no_grad():
+        out = ref(x)
+    r = torch.randn_like(out).to(memory_format=fmt).requires_grad_()
+    grad = torch.randn_like(out).to(memory_format=fmt)
+
+    def step(forward: Any, module: nn.Module) -> Any:
+        def run() -> None:
+            x.grad = r.grad = None
+            module.zero_grad(set_to_none=True)
+            forward().backward(grad)
+
+        return run
+
+    return {
+        "Conv2d -> add -> ReLU": step(lambda: torch.relu(ref(x) + r), ref),
+        "Conv1x1(relu, residual)": step(lambda: ours(x, residual=r), ours),
+    }
+
+
 def time_all(providers: dict[str, Any], budget: float) -> dict[str, float]:
     return interleaved_medians(providers, budget_s=budget * len(providers))
 
@@ -168,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
                 t = time_all(training_providers(layer, fmt), budget)
                 rows.append({"section": "training", "format": fmt_name, "layer": layer.name,
                              "macs": layer.macs, "times": t})  # fmt: skip
+                t = time_all(epilogue_training_providers(layer, fmt), budget)
+                rows.append({"section": "training epilogue", "format": fmt_name,
+                             "layer": layer.name, "macs": layer.macs, "times": t})  # fmt: skip
 
     summary = summarise(rows, peak.gflops)
     print_tables(console, rows, summary, peak.gflops)
@@ -214,14 +247,24 @@ def summarise(rows: list[dict[str, Any]], peak: float) -> dict[str, Any]:
     if train:
         t_ratio = [r["times"]["Conv1x1"] / r["times"]["nn.Conv2d"] for r in train]
         out["training_time_ratio_geomean"] = geomean(t_ratio)
+        out["training_time_ratio_median"] = float(np.median(t_ratio))
         out["training_time_ratio_max"] = max(t_ratio)
+        out["training_layers_over_1.05"] = sum(t > 1.05 for t in t_ratio)
+    fused = [r for r in rows if r["section"] == "training epilogue"]
+    if fused:
+        speedups = [
+            r["times"]["Conv2d -> add -> ReLU"] / r["times"]["Conv1x1(relu, residual)"]
+            for r in fused
+        ]
+        out["training_epilogue_speedup_geomean"] = geomean(speedups)
+        out["training_epilogue_speedup_min"] = min(speedups)
     return out
 
 
 def print_tables(
     console: Console, rows: list[dict[str, Any]], summary: dict[str, Any], peak: float
 ) -> None:
-    for section in ("numpy", "inference", "training"):
+    for section in ("numpy", "inference", "training", "training epilogue"):
         sel = [r for r in rows if r["section"] == section]
         if not sel:
             continue
@@ -236,7 +279,7 @@ def print_tables(
             cells = [r["layer"]] + ([r["format"]] if section != "numpy" else [])
             for p in providers:
                 t = r["times"][p]
-                gf = 2 * r["macs"] / t / 1e9 * (3 if section == "training" else 1)
+                gf = 2 * r["macs"] / t / 1e9 * (3 if section.startswith("training") else 1)
                 cells.append(f"{t * 1e3:.3f} ({gf:.0f}, {100 * gf / peak:.0f}%)")
             table.add_row(*cells)
         console.print(table)

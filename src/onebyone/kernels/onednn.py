@@ -1,4 +1,4 @@
-"""CPU path: oneDNN's convolution with the epilogue fused, for inference and training.
+"""CPU path: oneDNN's convolution, for inference (epilogue fused) and training.
 
 On channels-last input ``torch.ops.mkldnn._convolution_pointwise`` runs the 1x1
 convolution with bias and a unary post-op in one pass; its ``.binary``
@@ -9,12 +9,11 @@ faster than the post-op form, so NCHW takes that route.
 
 Inference on channels-last input packs each weight once into oneDNN's blocked
 layout and keeps it while the weight is unchanged (same storage, shape and
-version counter), so weight-heavy layers stop paying a reorder per call. Training runs the same
-fused forward inside an ``autograd.Function`` whose backward applies the
-activation's derivative (ATen's own ``*_backward`` ops, from the output, or
-from the saved pre-activation for silu/gelu/hardswish) and oneDNN's
-``convolution_backward`` for the input and weight gradients: on these CPUs
-oneDNN's convolution primitives are faster than the BLAS behind ``matmul``.
+version counter), so weight-heavy layers stop paying a reorder per call.
+Training runs ATen's convolution (oneDNN's primitives, forward and backward)
+with the epilogue as autograd ops: on these CPUs oneDNN's convolution beats the BLAS behind
+``matmul``, and a Python ``autograd.Function`` around the fused op cost more
+than the memory pass it saved.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ import weakref
 from typing import Any
 
 import torch
-from torch.autograd.function import FunctionCtx, once_differentiable
 
 from onebyone.kernels.epilogue import LEAKY_RELU_SLOPE, apply_activation
 from onebyone.kernels.gemm import is_channels_last
@@ -82,9 +80,6 @@ def unsupported(x: torch.Tensor, needs_grad: bool) -> str | None:
         return "oneDNN rejects empty inputs"
     return None
 
-
-# activations whose derivative needs the pre-activation z (the others use the output y)
-_NEEDS_PREACTIVATION = ("silu", "gelu", "hardswish")
 
 # id(weight) -> {geometry and version -> packed weight}; an entry dies with its weight.
 # (Not a WeakKeyDictionary: it compares keys with ==, which is elementwise on tensors.)
@@ -164,71 +159,6 @@ def _forward(
     return y if fused == activation else apply_activation(y, activation, inplace=True)
 
 
-def _activation_backward(
-    grad: torch.Tensor, saved: torch.Tensor, activation: str | None
-) -> torch.Tensor:
-    """``grad * act'(z)``; ``saved`` is z for silu/gelu/hardswish, else the output y."""
-    aten = torch.ops.aten
-    if activation is None:
-        return grad
-    if activation == "relu":
-        return aten.threshold_backward(grad, saved, 0)
-    if activation == "relu6":
-        return aten.hardtanh_backward(grad, saved, 0.0, 6.0)
-    if activation == "leaky_relu":
-        return aten.leaky_relu_backward(grad, saved, LEAKY_RELU_SLOPE, True)
-    if activation == "sigmoid":
-        return aten.sigmoid_backward(grad, saved)
-    if activation == "tanh":
-        return aten.tanh_backward(grad, saved)
-    if activation == "silu":
-        return aten.silu_backward(grad, saved)
-    if activation == "gelu":
-        return aten.gelu_backward(grad, saved)
-    return aten.hardswish_backward(grad, saved)
-
-
-class _FusedConv1x1(torch.autograd.Function):
-    """Training: the fused oneDNN forward, oneDNN's convolution backward."""
-
-    @staticmethod
-    def forward(
-        ctx: FunctionCtx,
-        x: torch.Tensor,
-        w4: torch.Tensor,
-        bias: torch.Tensor | None,
-        residual: torch.Tensor | None,
-        stride: tuple[int, int],
-        groups: int,
-        activation: str | None,
-    ) -> torch.Tensor:
-        if activation in _NEEDS_PREACTIVATION:
-            z = _forward(x, w4, bias, residual, stride, groups, None)
-            y = apply_activation(z, activation, inplace=False)
-            saved = z
-        else:
-            y = _forward(x, w4, bias, residual, stride, groups, activation)
-            saved = y
-        # x and w4 are the caller's input and a view of the weight: saving them costs nothing new
-        ctx.save_for_backward(x, w4, saved)
-        ctx.geometry = (stride, groups, activation)  # type: ignore[attr-defined]
-        return y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: FunctionCtx, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, w4, saved = ctx.saved_tensors  # type: ignore[attr-defined]
-        stride, groups, activation = ctx.geometry  # type: ignore[attr-defined]
-        needs = ctx.needs_input_grad  # type: ignore[attr-defined]
-        grad_z = _activation_backward(grad_y, saved, activation)
-        grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            grad_z, x, w4, [w4.shape[0]], list(stride), [0, 0], [1, 1], False, [0, 0], groups,
-            [needs[0], needs[1], needs[2]],
-        )  # fmt: skip
-        grad_r = grad_z if needs[3] else None
-        return grad_x, grad_w, grad_b, grad_r, None, None, None
-
-
 def conv1x1(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -249,7 +179,14 @@ def conv1x1(
     if torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, bias, residual)
     ):
-        return _FusedConv1x1.apply(x, w4, bias, residual, stride, groups, activation)
+        # Training: ATen's convolution and epilogue under PyTorch's C++ autograd measured
+        # faster on the CPU than a Python autograd.Function around the fused op.
+        y = torch.ops.aten.convolution(
+            x, w4, bias, list(stride), [0, 0], [1, 1], False, [0, 0], groups
+        )
+        if residual is not None:
+            y = y.add_(residual)  # the convolution's backward does not need its output
+        return apply_activation(y, activation, inplace=False)
     # A packed weight makes oneDNN write channels-last output: pack for channels-last input only.
     if is_channels_last(x) and not torch.compiler.is_compiling():
         w4 = _packed_weight(weight, w4, stride, groups, x)
