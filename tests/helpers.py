@@ -6,6 +6,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+
+import onebyone as obo
 
 # (dtype, atol, rtol): float16/bfloat16 round every product's output to 11/8 bits.
 TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
@@ -14,6 +17,21 @@ TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
     torch.bfloat16: (5e-2, 2e-2),
     torch.float16: (1e-2, 5e-3),
 }
+
+
+# The epilogue's activations, written independently of onebyone's own table.
+ACTS: dict[str | None, Any] = {
+    None: lambda z: z,
+    "relu": F.relu,
+    "relu6": F.relu6,
+    "leaky_relu": lambda z: F.leaky_relu(z, 0.01),
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "hardswish": F.hardswish,
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+}
+assert set(ACTS) - {None} == set(obo.ACTIVATIONS)
 
 
 def to_numpy(a: Any) -> np.ndarray:

@@ -16,20 +16,7 @@ import onebyone.numpy as onp
 from onebyone import functional
 from onebyone.kernels import onednn
 
-from helpers import TOLERANCES, assert_close
-
-ACTS = {
-    None: lambda z: z,
-    "relu": F.relu,
-    "relu6": F.relu6,
-    "leaky_relu": lambda z: F.leaky_relu(z, 0.01),
-    "silu": F.silu,
-    "gelu": F.gelu,
-    "hardswish": F.hardswish,
-    "sigmoid": torch.sigmoid,
-    "tanh": torch.tanh,
-}
-assert set(ACTS) - {None} == set(obo.ACTIVATIONS)
+from helpers import ACTS, TOLERANCES, assert_close
 
 SHAPES = [
     # (N, C, K, H, W, stride, groups)

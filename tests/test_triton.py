@@ -35,7 +35,7 @@ import onebyone.numpy as onp
 from onebyone import functional
 from onebyone.kernels import triton as tk
 
-from helpers import TOLERANCES, assert_close
+from helpers import ACTS, TOLERANCES, assert_close
 
 if os.environ.get("TRITON_INTERPRET") == "1" and not tk.INTERPRETED:
     tk = importlib.reload(tk)  # imported before the variable was set: decorate again
@@ -44,19 +44,6 @@ DEVICE = "cpu" if tk.INTERPRETED else "cuda"
 CUDA = torch.cuda.is_available() and not tk.INTERPRETED
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU running the compiled kernels")
 pytestmark = pytest.mark.filterwarnings("ignore:TRITON_DEFAULT_FP_FUSION is unset")
-
-ACTS = {
-    None: lambda z: z,
-    "relu": F.relu,
-    "relu6": F.relu6,
-    "leaky_relu": lambda z: F.leaky_relu(z, 0.01),
-    "silu": F.silu,
-    "gelu": F.gelu,
-    "hardswish": F.hardswish,
-    "sigmoid": torch.sigmoid,
-    "tanh": torch.tanh,
-}
-assert set(ACTS) - {None} == set(obo.ACTIVATIONS)
 
 SHAPES = [
     # (N, C, K, H, W, stride, groups): no size is a multiple of the 16-wide
