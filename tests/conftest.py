@@ -1,8 +1,18 @@
-"""Shared fixtures: deterministic seeds for every test."""
+"""Session set-up and shared fixtures: deterministic seeds for every test.
+
+Without CUDA the Triton kernels run through Triton's interpreter. Triton fixes
+that choice when it is first imported, and other tests (torch.compile's
+Inductor) import it too, so the variable is set here, before any test module.
+"""
+
+import os
 
 import numpy as np
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)

@@ -787,9 +787,10 @@ def test_models_are_not_torchscript_scriptable() -> None:
     model = obo.create_model("squeezenet1_1").eval()
     with pytest.raises(torch.jit.frontend.NotSupportedError, match="keyword-only arguments"):
         torch.jit.script(model)
-    # and tracing stops at the oneDNN call's optional scalar arguments
+    # and tracing a channels-last model stops at the oneDNN call's optional scalar arguments
+    x = torch.randn(1, 3, 32, 32).to(memory_format=torch.channels_last)
     with pytest.raises(RuntimeError, match=r"Scalar\?"):
-        torch.jit.trace(model, torch.randn(1, 3, 32, 32))
+        torch.jit.trace(model, x)
 
 
 def test_torch_export_captures_a_model() -> None:
