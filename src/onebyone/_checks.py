@@ -13,7 +13,7 @@ Python values so the NumPy op and the PyTorch op share them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 ACTIVATIONS: tuple[str, ...] = (
     "relu",
@@ -121,12 +121,12 @@ def channels(in_channels: object, out_channels: object, groups: object) -> tuple
     return c, k, g
 
 
-@dataclass(frozen=True)
-class ConvGeometry:
+class ConvGeometry(NamedTuple):
     """The sizes of one pointwise convolution, derived from validated shapes.
 
     ``batched`` is False for an unbatched ``(C, H, W)`` input; the sizes then
-    describe it with ``batch == 1``.
+    describe it with ``batch == 1``. (A NamedTuple: built on every call, and
+    cheaper to build than a dataclass.)
     """
 
     batch: int

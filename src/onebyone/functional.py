@@ -10,7 +10,7 @@ import warnings
 from types import ModuleType
 
 import torch
-from torch.overrides import handle_torch_function, has_torch_function
+from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 from onebyone import _checks
 from onebyone.kernels import gemm, onednn
@@ -145,8 +145,8 @@ def conv1x1(
         >>> obo.conv1x1(x, torch.randn(32, 64), torch.zeros(32), activation="relu").shape
         torch.Size([2, 32, 28, 28])
     """
-    operands = tuple(t for t in (x, weight, bias, residual) if isinstance(t, torch.Tensor))
-    if has_torch_function(operands):
+    if has_torch_function_variadic(x, weight, bias, residual):
+        operands = tuple(t for t in (x, weight, bias, residual) if isinstance(t, torch.Tensor))
         # Lets TorchFunctionMode users (onebyone.profile, tracers) see this op as one call.
         return handle_torch_function(
             conv1x1, operands, x, weight, bias, stride=stride, groups=groups,
