@@ -26,7 +26,7 @@ import torch
 from onebyone.kernels.epilogue import LEAKY_RELU_SLOPE, apply_activation
 from onebyone.kernels.gemm import is_channels_last
 
-__all__ = ["conv1x1", "is_available", "unsupported"]
+__all__ = ["conv1x1", "fused_convolution", "is_available", "packed_weight", "unsupported"]
 
 # activation -> (oneDNN unary attribute, its scalars, its algorithm)
 _UNARY: dict[str | None, tuple[str, list[Any], str]] = {
@@ -95,10 +95,18 @@ def _cache_of(owner: torch.Tensor) -> dict[tuple[Any, ...], torch.Tensor]:
     return entries
 
 
-def _packed_weight(
-    weight: torch.Tensor, w4: torch.Tensor, stride: tuple[int, int], groups: int, x: torch.Tensor
+def packed_weight(
+    weight: torch.Tensor,
+    w4: torch.Tensor,
+    x: torch.Tensor,
+    *,
+    padding: tuple[int, int] | list[int] = (0, 0),
+    stride: tuple[int, int] | list[int],
+    dilation: tuple[int, int] | list[int] = (1, 1),
+    groups: int,
 ) -> torch.Tensor:
-    """``w4`` reordered for oneDNN, cached while ``weight`` is unchanged."""
+    """``w4`` (the 4-D view of ``weight``) reordered for oneDNN, cached while ``weight``
+    is unchanged: same storage, shape, strides and version counter."""
     owner = weight if weight._base is None else weight._base
     key = (
         weight.data_ptr(),
@@ -106,7 +114,9 @@ def _packed_weight(
         weight.stride(),
         weight._version,  # bumped by every in-place write (optimizer steps, copy_, ...)
         weight.dtype,
-        stride,
+        tuple(padding),
+        tuple(stride),
+        tuple(dilation),
         groups,
         tuple(x.shape),
     )
@@ -116,10 +126,42 @@ def _packed_weight(
         if len(entries) >= _MAX_PACKED_PER_WEIGHT:
             entries.clear()
         packed = torch.ops.mkldnn._reorder_convolution_weight(
-            w4, [0, 0], list(stride), [1, 1], groups, list(x.shape)
+            w4.detach(), list(padding), list(stride), list(dilation), groups, list(x.shape)
         )
         entries[key] = packed
     return packed
+
+
+def fused_convolution(
+    x: torch.Tensor,
+    w4: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    *,
+    padding: tuple[int, int] | list[int] = (0, 0),
+    stride: tuple[int, int] | list[int],
+    dilation: tuple[int, int] | list[int] = (1, 1),
+    groups: int,
+    activation: str | None,
+) -> torch.Tensor:
+    """``act(conv(x) + bias + residual)`` as one oneDNN convolution with post-ops (any
+    kernel size); what oneDNN cannot fuse after the residual runs in place. No autograd.
+
+    Shape:
+        ``(N, C, H, W) -> (N, K, H', W')``; ``residual`` has the output's shape.
+    """
+    geometry = (list(padding), list(stride), list(dilation), groups)
+    if residual is None:
+        attr, scalars, algorithm = _UNARY[activation]
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, w4, bias, *geometry, attr, scalars, algorithm
+        )
+    # bfloat16's fallback for a fused add+relu is unimplemented in some layouts.
+    fused = activation if activation in _AFTER_BINARY and x.dtype == torch.float32 else None
+    y = torch.ops.mkldnn._convolution_pointwise.binary(
+        x, residual, w4, bias, *geometry, "add", 1.0, fused, [], None
+    )
+    return y if fused == activation else apply_activation(y, activation, inplace=True)
 
 
 def _forward(
@@ -145,18 +187,9 @@ def _forward(
                 return torch.ops.aten._add_relu_(y, residual)  # one pass for both
             y = y.add_(residual)
         return apply_activation(y, activation, inplace=True)
-    geometry = ([0, 0], list(stride), [1, 1], groups)
-    if residual is None:
-        attr, scalars, algorithm = _UNARY[activation]
-        return torch.ops.mkldnn._convolution_pointwise(
-            x, w4, bias, *geometry, attr, scalars, algorithm
-        )
-    # bfloat16's fallback for a fused add+relu is unimplemented in some layouts.
-    fused = activation if activation in _AFTER_BINARY and x.dtype == torch.float32 else None
-    y = torch.ops.mkldnn._convolution_pointwise.binary(
-        x, residual, w4, bias, *geometry, "add", 1.0, fused, [], None
+    return fused_convolution(
+        x, w4, bias, residual, stride=stride, groups=groups, activation=activation
     )
-    return y if fused == activation else apply_activation(y, activation, inplace=True)
 
 
 def conv1x1(
@@ -189,5 +222,5 @@ def conv1x1(
         return apply_activation(y, activation, inplace=False)
     # A packed weight makes oneDNN write channels-last output: pack for channels-last input only.
     if is_channels_last(x) and not torch.compiler.is_compiling():
-        w4 = _packed_weight(weight, w4, stride, groups, x)
+        w4 = packed_weight(weight, w4, x, stride=stride, groups=groups)
     return _forward(x, w4, bias, residual, stride, groups, activation)

@@ -5,9 +5,10 @@
 call. On the CPU without autograd that call is oneDNN's fused convolution
 (``torch.ops.mkldnn._convolution_pointwise``, with its ``.binary`` overload
 for the residual); elsewhere the same computation runs as PyTorch ops, so a
-fused model works wherever the original did. ``prepack()`` keeps a copy of
-the weight in oneDNN's blocked layout, made on the first fast call, which
-saves a weight reorder on every later call.
+fused model works wherever the original did. ``prepack()`` has the oneDNN
+kernel keep a copy of the weight in its blocked layout (made on the first
+fast call, dropped when the weight changes or dies), which saves a weight
+reorder on every later call.
 """
 
 from __future__ import annotations
@@ -30,23 +31,6 @@ __all__ = ["RESIDUAL_POSITIONS", "FusedConv1x1", "FusedConv2d"]
 RESIDUAL_POSITIONS: tuple[str, ...] = ("before", "after")
 """Where a fused residual is added: ``act(conv + r)`` or ``act(conv) + r``."""
 
-_UNARY = onednn._UNARY  # activation -> (oneDNN attribute, scalars, algorithm)
-_AFTER_BINARY = (None, "relu")  # activations oneDNN fuses after the residual add
-
-
-class _Packed:
-    """A oneDNN-blocked copy of a weight, valid while the weight is unchanged."""
-
-    def __init__(self, weight: torch.Tensor, packed: torch.Tensor) -> None:
-        self.source = weight
-        self.version = weight._version
-        self.packed = packed
-
-    def current(self, weight: torch.Tensor) -> torch.Tensor | None:
-        if weight is self.source and weight._version == self.version:
-            return self.packed
-        return None
-
 
 class _OneDNNEpilogue:
     """The oneDNN fast path and its pre-packed weight, shared by both fused modules.
@@ -60,7 +44,6 @@ class _OneDNNEpilogue:
     activation: str | None
     residual_position: str
     prepacked: bool
-    _packed: _Packed | None
 
     def _geometry(self) -> tuple[list[int], list[int], list[int], int]:
         raise NotImplementedError
@@ -71,12 +54,6 @@ class _OneDNNEpilogue:
     def prepack(self, enabled: bool = True) -> None:
         """Keep the weight in oneDNN's blocked layout (made on the next fast call)."""
         self.prepacked = bool(enabled)
-        self._packed = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_packed"] = None  # an opaque oneDNN tensor cannot be copied or pickled
-        return state
 
     def _fast(self, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
         """Whether oneDNN's fused convolution can compute this call."""
@@ -92,43 +69,27 @@ class _OneDNNEpilogue:
             return False
         return residual is None or (residual.dtype == x.dtype and residual.dim() == 4)
 
-    def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
-        w4 = self._weight4d()
-        if not self.prepacked:
-            return w4
-        if self._packed is not None:
-            current = self._packed.current(self.weight)
-            if current is not None:
-                return current
-        padding, stride, dilation, groups = self._geometry()
-        packed = torch.ops.mkldnn._reorder_convolution_weight(
-            w4.detach(), padding, stride, dilation, groups, list(x.shape)
-        )
-        self._packed = _Packed(self.weight, packed)
-        return packed
-
     def _onednn(
         self, x: torch.Tensor, residual: torch.Tensor | None, out_shape: tuple[int, ...]
     ) -> torch.Tensor:
-        weight = self._packed_weight(x)
-        geometry = self._geometry()
+        padding, stride, dilation, groups = self._geometry()
+        geometry: dict[str, Any] = {
+            "padding": padding, "stride": stride, "dilation": dilation, "groups": groups
+        }  # fmt: skip
+        w4 = self._weight4d().detach()
+        if self.prepacked:  # kept by the kernel while the weight is unchanged
+            w4 = onednn.packed_weight(self.weight, w4, x, **geometry)
         bias = None if self.bias is None else self.bias.detach()
-        if residual is not None and self.residual_position == "before":
-            if tuple(residual.shape) == out_shape:
-                fused = self.activation if self.activation in _AFTER_BINARY else None
-                y = torch.ops.mkldnn._convolution_pointwise.binary(
-                    x, residual, weight, bias, *geometry, "add", 1.0, fused, [], None
-                )
-                if fused == self.activation:
-                    return y
-                return apply_activation(y, self.activation, inplace=True)
-            y = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geometry, "none", [], "")
+        before = self.residual_position == "before"
+        if residual is not None and before and tuple(residual.shape) != out_shape:
+            # a broadcast residual: oneDNN's binary post-op needs the output's shape
+            y = onednn.fused_convolution(x, w4, bias, None, activation=None, **geometry)
             return apply_activation(y + residual, self.activation, inplace=True)
-        attr, scalars, algorithm = _UNARY[self.activation]
-        y = torch.ops.mkldnn._convolution_pointwise(
-            x, weight, bias, *geometry, attr, scalars, algorithm
+        fused_residual = residual if before else None
+        y = onednn.fused_convolution(
+            x, w4, bias, fused_residual, activation=self.activation, **geometry
         )
-        return y if residual is None else _add_after(y, residual)
+        return y if residual is None or before else _add_after(y, residual)
 
 
 def _add_after(y: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -186,7 +147,6 @@ class FusedConv2d(_OneDNNEpilogue, nn.Conv2d):
             "residual_position", residual_position, RESIDUAL_POSITIONS
         )
         self.prepacked = False
-        self._packed = None
 
     @classmethod
     def from_conv(
@@ -296,7 +256,6 @@ class FusedConv1x1(_OneDNNEpilogue, Conv1x1):
             "residual_position", residual_position, RESIDUAL_POSITIONS
         )
         self.prepacked = False
-        self._packed = None
 
     @classmethod
     def from_module(
