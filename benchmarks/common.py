@@ -48,15 +48,21 @@ def interleaved_medians(
     budget_s: float = 0.5,
 ) -> dict[str, float]:
     """Median seconds per provider, timed in interleaved rounds (one call of each per round),
-    so a busy moment on the machine hits every provider alike."""
+    so a busy moment on the machine hits every provider alike.
+
+    The order rotates every round: a provider that always ran right after another
+    would always find the caches as that one left them (warm with the shared inputs,
+    or flushed by its temporaries)."""
     for fn in providers.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in providers}
+    order = list(providers.items())
     start = time.perf_counter()
     rounds = 0
     while rounds < min_rounds or (time.perf_counter() - start < budget_s and rounds < 200):
-        for name, fn in providers.items():
+        shift = rounds % len(order)
+        for name, fn in order[shift:] + order[:shift]:
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)

@@ -144,3 +144,21 @@ def test_errors_leave_inputs_untouched():
     with pytest.raises(ValueError):
         obo.conv1x1(x, w, torch.ones(3))
     assert torch.equal(x, X) and torch.equal(w, W)
+
+
+@pytest.mark.parametrize("op", [torch_op, numpy_op], ids=["torch", "numpy"])
+def test_remembered_shapes_do_not_let_bad_arguments_through(op):
+    """Validated shapes are remembered per call signature; an argument that merely
+    compares equal to an accepted one (True == 1, 1.0 == 1) is still refused."""
+    op(groups=1, stride=1)  # accepted and remembered
+    op(stride=(1, 1))
+    with pytest.raises(TypeError, match=r"argument `groups`.*positive int.*groups=True"):
+        op(groups=True)
+    with pytest.raises(TypeError, match=r"argument `groups`.*positive int.*groups=1.0"):
+        op(groups=1.0)
+    with pytest.raises(TypeError, match=r"argument `stride`.*stride=True"):
+        op(stride=True)
+    with pytest.raises(TypeError, match=r"argument `stride`.*stride=\(1, True\)"):
+        op(stride=(1, True))
+    with pytest.raises(ValueError, match=r"argument `weight`.*6 input channels"):
+        op(weight=np.ones((4, 5), dtype=np.float32) if op is numpy_op else torch.ones(4, 5))

@@ -193,7 +193,7 @@ def test_grouped_is_concat_of_per_group():
     assert_close(obo.conv1x1(x, wt, b, groups=3), torch.cat(parts, dim=1))
 
 
-def test_auto_uses_onednn_on_cpu_and_gemm_where_onednn_cannot(monkeypatch):
+def test_auto_picks_the_kernel_by_layout_shape_grad_and_dtype(monkeypatch):
     calls = []
     for name, module in functional._KERNELS.items():
         original = module.conv1x1
@@ -203,12 +203,25 @@ def test_auto_uses_onednn_on_cpu_and_gemm_where_onednn_cannot(monkeypatch):
             return _original(*args, **kwargs)
 
         monkeypatch.setattr(module, "conv1x1", spy)
-    x, wt, b = make(1, 6, 4, 3, 3, 1)
+    thin = make(1, 6, 4, 3, 3, 1)
+    wide = make(1, 256, 160, 28, 28, 1)  # both channel counts > 128, 784 pixels
+    large_map = make(1, 96, 96, 56, 56, 1)  # thin but 3136 pixels
     with torch.no_grad():
-        obo.conv1x1(x, wt, b)
+        for x, wt, b in (thin, wide, large_map):
+            obo.conv1x1(x, wt, b)
+        x, wt, b = thin
+        obo.conv1x1(x.to(memory_format=torch.channels_last), wt, b)
+    x, wt, b = thin
     obo.conv1x1(x, wt.requires_grad_(), b)
     obo.conv1x1(x.double(), wt.detach().double(), b.double())
-    assert calls == ["onednn", "onednn", "gemm"]  # inference, training, float64
+    assert calls == [
+        "gemm",  # NCHW inference of a thin product: MKL on the planes, no reorder
+        "onednn",  # NCHW inference, wide on both sides
+        "onednn",  # NCHW inference, thin on a large map
+        "onednn",  # channels-last inference
+        "onednn",  # training
+        "gemm",  # float64, which oneDNN does not run
+    ]
 
 
 def test_explicit_backend_that_cannot_run_says_why():
@@ -253,10 +266,11 @@ def test_onednn_training_updates_only_requested_gradients():
 
 def test_packed_weights_follow_in_place_updates():
     """Channels-last inference packs the weight once; writing to it must not serve stale results."""
-    x = torch.randn(2, 16, 5, 5).to(memory_format=torch.channels_last)
+    x = torch.randn(1, 16, 2, 2).to(memory_format=torch.channels_last)  # 4 pixels < 8 filters
     w = torch.randn(8, 16)
     with torch.no_grad():
         first = obo.conv1x1(x, w, backend="onednn")
+        assert id(w) in onednn._PACKED
         w.mul_(2)  # an in-place update, as an optimizer step makes
         second = obo.conv1x1(x, w, backend="onednn")
         assert_close(second, 2 * first)
@@ -272,6 +286,34 @@ def test_packed_weights_follow_in_place_updates():
         )
         assert_close(top, F.conv2d(x, big[:8, :, None, None]))
         assert_close(bottom, F.conv2d(x, big[8:, :, None, None]))
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "silu"])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_onednn_inference_routes_agree(activation, with_residual):
+    """Channels-last inference packs the weight only when it outweighs the output
+    pixels (K/g > N*H'*W'); both routes compute the same thing."""
+    cl = torch.channels_last
+    for n, c, k, h, stride, groups, packs in [
+        (1, 32, 64, 4, 2, 1, True),  # 64 filters, 4 output pixels
+        (2, 32, 64, 8, 1, 2, False),  # 32 filters per group, 128 pixels
+        (1, 16, 48, 6, 1, 1, True),  # 48 filters, 36 pixels
+    ]:
+        x, wt, b = make(n, c, k, h, h, groups)
+        x = x.to(memory_format=cl)
+        ho = -(-h // stride)
+        r = torch.randn(n, k, ho, ho).to(memory_format=cl) if with_residual else None
+        pixels = n * ho * ho
+        assert onednn.packing_pays(x, k // groups, pixels) is packs
+        assert not onednn.packing_pays(x.contiguous(), k // groups, pixels)
+        with torch.no_grad():
+            y = obo.conv1x1(
+                x, wt, b, stride=stride, groups=groups, activation=activation, residual=r,
+                backend="onednn",
+            )  # fmt: skip
+        assert (id(wt) in onednn._PACKED) is packs
+        assert y.is_contiguous(memory_format=cl)
+        assert_close(y, reference(x, wt, b, stride, groups, activation, r))
 
 
 def test_auto_falls_back_with_one_warning(monkeypatch):
@@ -332,7 +374,7 @@ def test_packed_weight_cache_dies_with_its_weight():
     from onebyone.kernels import onednn
 
     x = torch.randn(1, 8, 3, 3).to(memory_format=torch.channels_last)
-    w = torch.randn(4, 8)
+    w = torch.randn(16, 8)  # more filters than pixels: packing pays
     with torch.no_grad():
         obo.conv1x1(x, w, backend="onednn")
     assert id(w) in onednn._PACKED

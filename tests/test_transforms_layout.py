@@ -36,7 +36,11 @@ def test_prepack_marks_every_fused_convolution_and_stays_exact() -> None:
     assert not any(
         m.prepacked for m in fused.modules() if isinstance(m, (FusedConv1x1, FusedConv2d))
     )
-    x = torch.randn(2, 16, 6, 6).contiguous(memory_format=torch.channels_last)
+    # Packing pays where a layer has more filters than output pixels (K/g > N*H'*W').
+    x = torch.randn(2, 16, 6, 6).contiguous(memory_format=torch.channels_last)  # 72 pixels
+    assert obo.verify(model, packed, x).max_rel < 1e-5
+    assert not any(id(m.weight) in onednn._PACKED for m in layers)
+    x = torch.randn(1, 16, 2, 2).contiguous(memory_format=torch.channels_last)  # 4 pixels
     assert obo.verify(model, packed, x).max_rel < 1e-5
     assert all(id(m.weight) in onednn._PACKED for m in layers)  # made on the first call
 

@@ -270,17 +270,17 @@ def test_empty_inputs():
 
 
 def test_auto_never_picks_triton_for_cpu_tensors():
-    x = torch.randn(1, 4, 3, 3)
-    assert functional._pick_kernel("auto", x, needs_grad=True) is not tk
-    assert functional._pick_kernel("auto", x, needs_grad=False) is not tk
-    assert functional._pick_kernel("triton", x.to(DEVICE), needs_grad=True) is tk
+    x, w = torch.randn(1, 4, 3, 3), torch.randn(5, 4)
+    assert functional._pick_kernel("auto", x, True, w, 1, (1, 1)) is not tk
+    assert functional._pick_kernel("auto", x, False, w, 1, (1, 1)) is not tk
+    assert functional._pick_kernel("triton", x.to(DEVICE), True, w.to(DEVICE), 1, (1, 1)) is tk
 
 
 @needs_cuda
 def test_auto_picks_triton_on_cuda():
-    x = torch.randn(1, 4, 3, 3, device="cuda")
-    assert functional._pick_kernel("auto", x, needs_grad=True) is tk
-    assert functional._pick_kernel("auto", x, needs_grad=False) is tk
+    x, w = torch.randn(1, 4, 3, 3, device="cuda"), torch.randn(5, 4, device="cuda")
+    assert functional._pick_kernel("auto", x, True, w, 1, (1, 1)) is tk
+    assert functional._pick_kernel("auto", x, False, w, 1, (1, 1)) is tk
 
 
 def test_float32_uses_tf32_only_when_matmul_may():

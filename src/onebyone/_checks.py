@@ -63,6 +63,10 @@ def positive_int(argument: str, value: object) -> int:
 
 def pair(argument: str, value: object) -> tuple[int, int]:
     """Normalise an int or a pair of ints (each >= 1) to ``(height, width)``."""
+    if type(value) is tuple and len(value) == 2:  # the common, already normal form: fast
+        h, w = value
+        if type(h) is int and type(w) is int and h >= 1 and w >= 1:
+            return value
     if _is_int(value):
         v = positive_int(argument, value)
         return (v, v)
@@ -148,6 +152,10 @@ class ConvGeometry(NamedTuple):
         return (self.batch, *shape) if self.batched else shape
 
 
+_GEOMETRIES: dict[tuple[object, ...], ConvGeometry] = {}
+_MAX_GEOMETRIES = 512
+
+
 def geometry(
     x_shape: Sequence[int],
     weight_shape: Sequence[int],
@@ -166,7 +174,30 @@ def geometry(
         stride: normalised ``(sh, sw)``.
         groups: number of channel groups.
         data_format: ``"NCHW"`` or ``"NHWC"``.
+
+    Shapes that passed once are remembered (a layer sees the same ones on every
+    call); only a plain ``int`` groups is, so a bool or a float is always refused.
     """
+    if type(groups) is not int:
+        return _geometry(x_shape, weight_shape, bias_shape, stride, groups, data_format)
+    key = (x_shape, weight_shape, bias_shape, stride, groups, data_format)
+    geo = _GEOMETRIES.get(key)
+    if geo is None:
+        geo = _geometry(x_shape, weight_shape, bias_shape, stride, groups, data_format)
+        if len(_GEOMETRIES) >= _MAX_GEOMETRIES:
+            _GEOMETRIES.clear()
+        _GEOMETRIES[key] = geo
+    return geo
+
+
+def _geometry(
+    x_shape: Sequence[int],
+    weight_shape: Sequence[int],
+    bias_shape: Sequence[int] | None,
+    stride: tuple[int, int],
+    groups: object,
+    data_format: str,
+) -> ConvGeometry:
     g = positive_int("groups", groups)
     layout = "(N, C, H, W) or (C, H, W)" if data_format == "NCHW" else "(N, H, W, C) or (H, W, C)"
     if len(x_shape) not in (3, 4):

@@ -52,28 +52,62 @@ def _tensor(argument: str, value: object, *, optional: bool = False) -> torch.Te
     return value
 
 
-def _same_kind(x: torch.Tensor, others: dict[str, torch.Tensor | None]) -> None:
+def _same_kind(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+) -> None:
     if x.dtype not in _FLOAT_DTYPES:
         raise TypeError(
             "Invalid value for argument `x`. Expected a floating-point tensor (float16, "
             f"bfloat16, float32 or float64). Received x with dtype {x.dtype}."
         )
-    for name, t in others.items():
+    dtype, device = x.dtype, x.device
+    for name, t in (("weight", weight), ("bias", bias), ("residual", residual)):
         if t is None:
             continue
-        if t.dtype != x.dtype:
+        if t.dtype != dtype:
             raise TypeError(
-                f"Invalid value for argument `{name}`. Expected dtype {x.dtype} (the dtype "
+                f"Invalid value for argument `{name}`. Expected dtype {dtype} (the dtype "
                 f"of x). Received {name} with dtype {t.dtype}."
             )
-        if t.device != x.device:
+        if t.device != device:
             raise ValueError(
-                f"Invalid value for argument `{name}`. Expected a tensor on {x.device} (the "
+                f"Invalid value for argument `{name}`. Expected a tensor on {device} (the "
                 f"device of x). Received {name} on {t.device}."
             )
 
 
-def _pick_kernel(backend: str, x: torch.Tensor, needs_grad: bool) -> ModuleType:
+def _thin_nchw_gemm(
+    x: torch.Tensor, weight: torch.Tensor, groups: int, stride: tuple[int, int]
+) -> bool:
+    """Whether MKL's GEMM on NCHW views beats oneDNN for this float32 inference on the CPU.
+
+    oneDNN reorders NCHW input and output to its blocked layout around the
+    convolution; a GEMM reads the ``(C/g, H*W)`` planes where they lie. Over the
+    layer suite of ``benchmarks/bench_op.py`` the GEMM won when the smaller channel
+    count per group is at most 48, or at most 128 on maps of up to 784 pixels in
+    all (28x28 at batch 1): thin products the reorders dominate.
+    """
+    if x.dtype != torch.float32 or gemm.is_channels_last(x) or not x.is_contiguous():
+        return False
+    thin = min(weight.shape[0] // groups, weight.shape[1])
+    if thin <= 48:
+        return True
+    n, _, h, w = x.shape
+    pixels = n * -(-h // stride[0]) * -(-w // stride[1])
+    return thin <= 128 and pixels <= 784
+
+
+def _pick_kernel(
+    backend: str,
+    x: torch.Tensor,
+    needs_grad: bool,
+    weight: torch.Tensor,
+    groups: int,
+    stride: tuple[int, int],
+) -> ModuleType:
     global _warned_fallback, _warned_no_triton
     if backend != "auto":
         kernel = _kernel(backend)
@@ -92,6 +126,8 @@ def _pick_kernel(backend: str, x: torch.Tensor, needs_grad: bool) -> ModuleType:
             )
     if x.device.type == "cpu":
         if onednn.unsupported(x, needs_grad) is None:
+            if not needs_grad and _thin_nchw_gemm(x, weight, groups, stride):
+                return gemm
             return onednn
         if not _warned_fallback and not onednn.is_available():
             _warned_fallback = True
@@ -156,7 +192,7 @@ def conv1x1(
     _tensor("weight", weight)
     _tensor("bias", bias, optional=True)
     _tensor("residual", residual, optional=True)
-    _same_kind(x, {"weight": weight, "bias": bias, "residual": residual})
+    _same_kind(x, weight, bias, residual)
     strides = _checks.pair("stride", stride)
     act = _checks.activation(activation)
     _checks.choice("backend", backend, BACKENDS)
@@ -172,18 +208,20 @@ def conv1x1(
         stride=strides,
         groups=groups,
     )
-    out_shape = geo.output_shape("NCHW")
-    if residual is not None and tuple(residual.shape) != out_shape:
+    if residual is not None and residual.shape != geo.output_shape("NCHW"):
         raise ValueError(
-            f"Invalid value for argument `residual`. Expected the output's shape {out_shape}. "
-            f"Received residual of shape {tuple(residual.shape)}."
+            "Invalid value for argument `residual`. Expected the output's shape "
+            f"{geo.output_shape('NCHW')}. Received residual of shape {tuple(residual.shape)}."
         )
     w2 = weight if weight.dim() == 2 else weight.reshape(weight.shape[0], weight.shape[1])
     xb = x if geo.batched else x.unsqueeze(0)
     rb = residual if residual is None or geo.batched else residual.unsqueeze(0)
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, weight, bias, residual)
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad
+        or weight.requires_grad
+        or (bias is not None and bias.requires_grad)
+        or (residual is not None and residual.requires_grad)
     )
-    kernel = _pick_kernel(backend, xb, needs_grad)
+    kernel = _pick_kernel(backend, xb, needs_grad, w2, geo.groups, strides)
     y = kernel.conv1x1(xb, w2, bias, stride=strides, groups=geo.groups, activation=act, residual=rb)
     return y if geo.batched else y.squeeze(0)

@@ -80,11 +80,46 @@ def conv1x1(
         >>> conv1x1(x, np.array([[0.1, 0.2, 0.4]])).shape
         (1, 2, 2)
     """
-    fmt = _checks.data_format(data_format)
-    sh, sw = _checks.pair("stride", stride)
     xa = _numeric("x", x)
     wa = _numeric("weight", weight)
     ba = None if bias is None else _numeric("bias", bias)
+    # Shapes already checked once are not checked again (plain int arguments only,
+    # so a bool or a malformed pair always meets the full checks).
+    key = None
+    if type(stride) is int and type(groups) is int and type(data_format) is str:
+        key = (xa.shape, wa.shape, None if ba is None else ba.shape, stride, groups,
+               data_format, xa.dtype, wa.dtype, None if ba is None else ba.dtype)  # fmt: skip
+    plan = _PLANS.get(key) if key is not None else None
+    if plan is None:
+        plan = _plan(xa, wa, ba, stride, groups, data_format)
+        if key is not None:
+            if len(_PLANS) >= _MAX_PLANS:
+                _PLANS.clear()
+            _PLANS[key] = plan
+    geo, fmt, strides, acc, out_dtype = plan
+    with np.errstate(invalid="ignore"):  # NaN/Inf inputs propagate, as in nn.Conv2d
+        y = _grouped_gemm(xa if geo.batched else xa[np.newaxis], wa, ba, geo, fmt, strides, acc)
+    if not geo.batched:
+        y = y[0]
+    return y if y.dtype == out_dtype else y.astype(out_dtype)
+
+
+_Plan = tuple[_checks.ConvGeometry, str, tuple[int, int], np.dtype, np.dtype]
+_PLANS: dict[tuple[Any, ...], _Plan] = {}
+_MAX_PLANS = 256
+
+
+def _plan(
+    xa: np.ndarray,
+    wa: np.ndarray,
+    ba: np.ndarray | None,
+    stride: object,
+    groups: object,
+    data_format: object,
+) -> _Plan:
+    """Validate every argument; return the geometry, layout, stride and dtypes."""
+    fmt = _checks.data_format(data_format)
+    strides = _checks.pair("stride", stride)
     if ba is not None and ba.ndim != 1:
         raise ValueError(
             "Invalid value for argument `bias`. Expected a 1-D array of shape (K,). "
@@ -94,17 +129,16 @@ def conv1x1(
         xa.shape,
         wa.shape,
         None if ba is None else ba.shape,
-        stride=(sh, sw),
+        stride=strides,
         groups=groups,
         data_format=fmt,
     )
     acc, out_dtype = _compute_dtype(*(a for a in (xa, wa, ba) if a is not None))
+    return geo, fmt, strides, acc, out_dtype
 
-    with np.errstate(invalid="ignore"):  # NaN/Inf inputs propagate, as in nn.Conv2d
-        y = _grouped_gemm(xa if geo.batched else xa[np.newaxis], wa, ba, geo, fmt, (sh, sw), acc)
-    if not geo.batched:
-        y = y[0]
-    return y.astype(out_dtype, copy=False)
+
+def _as(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    return a if a.dtype == dtype else a.astype(dtype)
 
 
 def _grouped_gemm(
@@ -121,16 +155,17 @@ def _grouped_gemm(
     ho, wo = geo.out_height, geo.out_width
     cg, kg = c // g, k // g
     sh, sw = stride
-    w_grouped = wa.reshape(g, kg, cg).astype(acc, copy=False)  # (g, K/g, C/g)
+    w_grouped = _as(wa.reshape(g, kg, cg), acc)  # (g, K/g, C/g)
+    strided = sh > 1 or sw > 1
     if fmt == "NCHW":
-        pixels = xb[:, :, ::sh, ::sw].astype(acc, copy=False)  # (N, C, H', W')
+        pixels = _as(xb[:, :, ::sh, ::sw] if strided else xb, acc)  # (N, C, H', W')
         cols = pixels.reshape(n, g, cg, ho * wo)  # (N, g, C/g, P)
         y = np.matmul(w_grouped, cols)  # (N, g, K/g, P)
         if ba is not None:
-            y += ba.astype(acc, copy=False).reshape(g, kg, 1)
+            y += _as(ba, acc).reshape(g, kg, 1)
         y = y.reshape(n, k, ho, wo)
     else:
-        pixels = xb[:, ::sh, ::sw, :].astype(acc, copy=False)  # (N, H', W', C)
+        pixels = _as(xb[:, ::sh, ::sw, :] if strided else xb, acc)  # (N, H', W', C)
         if g == 1:
             y = np.matmul(pixels.reshape(n * ho * wo, c), w_grouped[0].T)  # (N*P, K)
         else:
@@ -139,5 +174,5 @@ def _grouped_gemm(
             y = y.transpose(1, 0, 2)  # (N*P, g, K/g)
         y = y.reshape(n, ho, wo, k)  # (N, H', W', K)
         if ba is not None:
-            y += ba.astype(acc, copy=False)
+            y += _as(ba, acc)
     return y

@@ -27,6 +27,11 @@ def is_channels_last(x: torch.Tensor) -> bool:
     return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
+def _can_add_relu_in_place(y: torch.Tensor) -> bool:
+    """ATen's one-pass ``add + relu`` exists for float32 on the CPU; in place only without grad."""
+    return y.device.type == "cpu" and y.dtype == torch.float32 and not torch.is_grad_enabled()
+
+
 def conv1x1(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -71,8 +76,10 @@ def conv1x1(
         cols = x[:, :, ::sh, ::sw]  # (N, C, H', W')
         ho, wo = cols.shape[2], cols.shape[3]
         cols = cols.reshape(n * g, cg, ho * wo)  # (N*g, C/g, P)
-        w_batch = weight.view(g, kg, cg)
-        w_batch = w_batch.expand(n, g, kg, cg).reshape(n * g, kg, cg)  # (N*g, K/g, C/g)
+        if g == 1:
+            w_batch = weight.expand(n, k, c)  # every image shares the weight: no copy
+        else:
+            w_batch = weight.view(g, kg, cg).expand(n, g, kg, cg).reshape(n * g, kg, cg)
         if residual is not None:
             start = residual.reshape(n * g, kg, ho * wo)  # (N*g, K/g, P)
         elif bias is not None:
@@ -81,6 +88,8 @@ def conv1x1(
             start = None
         y = torch.bmm(w_batch, cols) if start is None else torch.baddbmm(start, w_batch, cols)
         out = y.view(n, k, ho, wo)
-        if residual is not None and bias is not None:
-            out = out.add_(bias.view(1, k, 1, 1))  # the residual took the accumulator's place
+        if residual is not None and bias is not None:  # the residual took the accumulator's place
+            if activation == "relu" and _can_add_relu_in_place(out):
+                return torch._add_relu_(out, bias.view(1, k, 1, 1))  # one pass for both
+            out = out.add_(bias.view(1, k, 1, 1))
     return apply_activation(out, activation, inplace=not torch.is_grad_enabled())

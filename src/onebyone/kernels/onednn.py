@@ -1,15 +1,18 @@
 """CPU path: oneDNN's convolution, for inference (epilogue fused) and training.
 
-On channels-last input ``torch.ops.mkldnn._convolution_pointwise`` runs the 1x1
-convolution with bias and a unary post-op in one pass; its ``.binary``
-overload adds the residual (and can follow the add with ReLU). Other
-activations after a residual run in place on the fresh output. On NCHW input
-ATen's convolution (oneDNN too) followed by the epilogue in place measured
-faster than the post-op form, so NCHW takes that route.
+Inference takes one of two routes, chosen by shape (see ``packing_pays``):
 
-Inference on channels-last input packs each weight once into oneDNN's blocked
-layout and keeps it while the weight is unchanged (same storage, shape and
-version counter), so weight-heavy layers stop paying a reorder per call.
+- ATen's convolution (oneDNN's primitive, which ATen caches) with the bias,
+  then the residual and the activation in place on the fresh output (one pass
+  for residual + ReLU in float32). This is the route for NCHW input and for most
+  channels-last layers: it launches in a few microseconds.
+- For channels-last layers whose weight outweighs their output pixels,
+  ``torch.ops.mkldnn._convolution_pointwise`` with bias and activation as
+  post-ops (its ``.binary`` overload adds the residual), on a weight packed
+  once into oneDNN's blocked layout and kept while the weight is unchanged
+  (same storage, shape and version counter). Its setup costs about 25 us per
+  call, less than reordering such a weight on every call.
+
 Training runs ATen's convolution (oneDNN's primitives, forward and backward)
 with the epilogue as autograd ops: on these CPUs oneDNN's convolution beats the BLAS behind
 ``matmul``, and a Python ``autograd.Function`` around the fused op cost more
@@ -26,7 +29,15 @@ import torch
 from onebyone.kernels.epilogue import LEAKY_RELU_SLOPE, apply_activation
 from onebyone.kernels.gemm import is_channels_last
 
-__all__ = ["conv1x1", "fused_convolution", "is_available", "packed_weight", "unsupported"]
+__all__ = [
+    "aten_forward",
+    "conv1x1",
+    "fused_convolution",
+    "is_available",
+    "packed_weight",
+    "packing_pays",
+    "unsupported",
+]
 
 # activation -> (oneDNN unary attribute, its scalars, its algorithm)
 _UNARY: dict[str | None, tuple[str, list[Any], str]] = {
@@ -164,32 +175,41 @@ def fused_convolution(
     return y if fused == activation else apply_activation(y, activation, inplace=True)
 
 
-def _forward(
+def packing_pays(x: torch.Tensor, filters_per_group: int, output_pixels: int) -> bool:
+    """Whether a channels-last inference should run the packed post-op convolution.
+
+    ATen's convolution reorders the weight on every call but costs a few
+    microseconds to launch; the post-op form reuses a packed weight but pays about
+    25 us per call to set up its primitive, and its fused residual measured no
+    faster than an in-place add. Over the layer suite of
+    ``benchmarks/bench_op.py`` packing won exactly where the weight outweighs the
+    output pixels: more filters per group than pixels (``K/g > N*H'*W'``), as in
+    the 7x7 and 14x14 layers of ResNet-50 at batch 1. (As a GEMM of any kernel size,
+    the weight is then larger than the input's patch matrix.)
+    """
+    return filters_per_group > output_pixels and is_channels_last(x)
+
+
+def aten_forward(
     x: torch.Tensor,
     w4: torch.Tensor,
     bias: torch.Tensor | None,
     residual: torch.Tensor | None,
-    stride: tuple[int, int],
+    stride: tuple[int, int] | list[int],
     groups: int,
     activation: str | None,
+    *,
+    padding: tuple[int, int] | list[int] = (0, 0),
+    dilation: tuple[int, int] | list[int] = (1, 1),
 ) -> torch.Tensor:
-    """``act(conv(x) + bias + residual)`` with as much as oneDNN fuses, the rest in place.
-
-    Channels-last runs the post-op convolution. NCHW runs ATen's convolution (oneDNN
-    as well) and the epilogue in place: measured faster here than NCHW post-ops.
-    """
-    if not is_channels_last(x):
-        y = torch.ops.aten.convolution(
-            x, w4, bias, list(stride), [0, 0], [1, 1], False, [0, 0], groups
-        )
-        if residual is not None:
-            if activation == "relu" and y.dtype == torch.float32:
-                return torch.ops.aten._add_relu_(y, residual)  # one pass for both
-            y = y.add_(residual)
-        return apply_activation(y, activation, inplace=True)
-    return fused_convolution(
-        x, w4, bias, residual, stride=stride, groups=groups, activation=activation
-    )
+    """``act(conv(x) + bias + residual)`` (any kernel size): ATen's convolution (oneDNN's
+    primitive, cached by ATen) with bias, then the residual and activation in place."""
+    y = torch.convolution(x, w4, bias, stride, padding, dilation, False, (0, 0), groups)
+    if residual is not None:
+        if activation == "relu" and y.dtype == torch.float32:
+            return torch._add_relu_(y, residual)  # one pass for both
+        y = y.add_(residual)
+    return apply_activation(y, activation, inplace=True)
 
 
 def conv1x1(
@@ -202,25 +222,31 @@ def conv1x1(
     activation: str | None,
     residual: torch.Tensor | None,
 ) -> torch.Tensor:
-    """``act(conv1x1(x) + bias + residual)`` as one oneDNN convolution.
+    """``act(conv1x1(x) + bias + residual)`` through oneDNN.
 
     Shape:
         ``(N, C, H, W) -> (N, K, ceil(H/sh), ceil(W/sw))`` in ``x``'s memory format.
     """
     k, cg = weight.shape
     w4 = weight.reshape(k, cg, 1, 1)  # (K, C/g) -> (K, C/g, 1, 1), a view
-    if torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, weight, bias, residual)
+    if torch.is_grad_enabled() and (
+        x.requires_grad
+        or weight.requires_grad
+        or (bias is not None and bias.requires_grad)
+        or (residual is not None and residual.requires_grad)
     ):
         # Training: ATen's convolution and epilogue under PyTorch's C++ autograd measured
         # faster on the CPU than a Python autograd.Function around the fused op.
-        y = torch.ops.aten.convolution(
-            x, w4, bias, list(stride), [0, 0], [1, 1], False, [0, 0], groups
-        )
+        y = torch.convolution(x, w4, bias, stride, (0, 0), (1, 1), False, (0, 0), groups)
         if residual is not None:
             y = y.add_(residual)  # the convolution's backward does not need its output
         return apply_activation(y, activation, inplace=False)
-    # A packed weight makes oneDNN write channels-last output: pack for channels-last input only.
-    if is_channels_last(x) and not torch.compiler.is_compiling():
+    # A packed weight makes oneDNN write channels-last output: channels-last input only.
+    n, _, h, w = x.shape
+    pixels = n * -(-h // stride[0]) * -(-w // stride[1])
+    if packing_pays(x, k // groups, pixels) and not torch.compiler.is_compiling():
         w4 = packed_weight(weight, w4, x, stride=stride, groups=groups)
-    return _forward(x, w4, bias, residual, stride, groups, activation)
+        return fused_convolution(
+            x, w4, bias, residual, stride=stride, groups=groups, activation=activation
+        )
+    return aten_forward(x, w4, bias, residual, stride, groups, activation)

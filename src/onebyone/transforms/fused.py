@@ -77,18 +77,24 @@ class _OneDNNEpilogue:
             "padding": padding, "stride": stride, "dilation": dilation, "groups": groups
         }  # fmt: skip
         w4 = self._weight4d().detach()
-        if self.prepacked:  # kept by the kernel while the weight is unchanged
-            w4 = onednn.packed_weight(self.weight, w4, x, **geometry)
         bias = None if self.bias is None else self.bias.detach()
         before = self.residual_position == "before"
         if residual is not None and before and tuple(residual.shape) != out_shape:
-            # a broadcast residual: oneDNN's binary post-op needs the output's shape
-            y = onednn.fused_convolution(x, w4, bias, None, activation=None, **geometry)
+            # a broadcast residual: added out of place, then the activation
+            y = onednn.aten_forward(x, w4, bias, None, stride, groups, None, padding=padding,
+                                    dilation=dilation)  # fmt: skip
             return apply_activation(y + residual, self.activation, inplace=True)
         fused_residual = residual if before else None
-        y = onednn.fused_convolution(
-            x, w4, bias, fused_residual, activation=self.activation, **geometry
-        )
+        pixels = out_shape[0] * out_shape[2] * out_shape[3]
+        if self.prepacked and onednn.packing_pays(x, out_shape[1] // groups, pixels):
+            # the packed weight is kept by the kernel while the weight is unchanged
+            w4 = onednn.packed_weight(self.weight, w4, x, **geometry)
+            y = onednn.fused_convolution(
+                x, w4, bias, fused_residual, activation=self.activation, **geometry
+            )
+        else:
+            y = onednn.aten_forward(x, w4, bias, fused_residual, stride, groups, self.activation,
+                                    padding=padding, dilation=dilation)  # fmt: skip
         return y if residual is None or before else _add_after(y, residual)
 
 
