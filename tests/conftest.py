@@ -19,3 +19,12 @@ if not torch.cuda.is_available():
 def _seed() -> None:
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+@pytest.fixture
+def always_pack(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let the oneDNN kernel pack weights of any size (it skips products under 2^21
+    multiply-adds), so the packed-weight cache can be tested on small layers."""
+    from onebyone.kernels import onednn
+
+    monkeypatch.setattr(onednn, "_PACKING_MIN_MACS", 0)

@@ -203,9 +203,9 @@ def test_auto_picks_the_kernel_by_layout_shape_grad_and_dtype(monkeypatch):
             return _original(*args, **kwargs)
 
         monkeypatch.setattr(module, "conv1x1", spy)
-    thin = make(1, 6, 4, 3, 3, 1)
-    wide = make(1, 256, 160, 28, 28, 1)  # both channel counts > 128, 784 pixels
-    large_map = make(1, 96, 96, 56, 56, 1)  # thin but 3136 pixels
+    thin = make(1, 6, 4, 3, 3, 1)  # a weight of 24 values
+    wide = make(1, 256, 160, 28, 28, 1)  # 160 filters, 256 input channels
+    large_map = make(1, 96, 64, 28, 28, 1)  # 64 filters, but on 784 pixels
     with torch.no_grad():
         for x, wt, b in (thin, wide, large_map):
             obo.conv1x1(x, wt, b)
@@ -264,7 +264,7 @@ def test_onednn_training_updates_only_requested_gradients():
     assert w.grad is not None and x.grad is None and b.grad is None
 
 
-def test_packed_weights_follow_in_place_updates():
+def test_packed_weights_follow_in_place_updates(always_pack):
     """Channels-last inference packs the weight once; writing to it must not serve stale results."""
     x = torch.randn(1, 16, 2, 2).to(memory_format=torch.channels_last)  # 4 pixels < 8 filters
     w = torch.randn(8, 16)
@@ -292,20 +292,22 @@ def test_packed_weights_follow_in_place_updates():
 @pytest.mark.parametrize("with_residual", [False, True])
 def test_onednn_inference_routes_agree(activation, with_residual):
     """Channels-last inference packs the weight only when it outweighs the output
-    pixels (K/g > N*H'*W'); both routes compute the same thing."""
+    pixels (K/g > N*H'*W') in a product of at least 2^21 multiply-adds; both routes
+    compute the same thing."""
     cl = torch.channels_last
     for n, c, k, h, stride, groups, packs in [
-        (1, 32, 64, 4, 2, 1, True),  # 64 filters, 4 output pixels
+        (1, 512, 1024, 4, 2, 1, True),  # 1024 filters, 4 output pixels: 2^21 MACs
+        (1, 256, 1024, 4, 2, 1, False),  # the same, but 2^20 MACs: tiny
         (2, 32, 64, 8, 1, 2, False),  # 32 filters per group, 128 pixels
-        (1, 16, 48, 6, 1, 1, True),  # 48 filters, 36 pixels
+        (1, 128, 576, 7, 1, 1, True),  # 576 filters, 49 pixels
     ]:
         x, wt, b = make(n, c, k, h, h, groups)
         x = x.to(memory_format=cl)
         ho = -(-h // stride)
         r = torch.randn(n, k, ho, ho).to(memory_format=cl) if with_residual else None
         pixels = n * ho * ho
-        assert onednn.packing_pays(x, k // groups, pixels) is packs
-        assert not onednn.packing_pays(x.contiguous(), k // groups, pixels)
+        assert onednn.packing_pays(x, k // groups, c // groups, pixels) is packs
+        assert not onednn.packing_pays(x.contiguous(), k // groups, c // groups, pixels)
         with torch.no_grad():
             y = obo.conv1x1(
                 x, wt, b, stride=stride, groups=groups, activation=activation, residual=r,
@@ -368,7 +370,7 @@ def test_torch_compile_traces_without_graph_breaks(grad):
     assert explanation.graph_break_count == 0, explanation.break_reasons
 
 
-def test_packed_weight_cache_dies_with_its_weight():
+def test_packed_weight_cache_dies_with_its_weight(always_pack):
     import gc
 
     from onebyone.kernels import onednn

@@ -787,9 +787,10 @@ def test_models_are_not_torchscript_scriptable() -> None:
     model = obo.create_model("squeezenet1_1").eval()
     with pytest.raises(torch.jit.frontend.NotSupportedError, match="keyword-only arguments"):
         torch.jit.script(model)
-    # and tracing a channels-last model stops at the oneDNN call's optional scalar arguments
+    # and a trace fails its own check: the kernel is chosen in Python on every call
+    # (by layout, shape and grad mode), so the check's re-run records another graph
     x = torch.randn(1, 3, 32, 32).to(memory_format=torch.channels_last)
-    with pytest.raises(RuntimeError, match=r"Scalar\?"):
+    with pytest.raises(Exception, match="Graphs differed across invocations"):
         torch.jit.trace(model, x)
 
 

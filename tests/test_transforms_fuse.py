@@ -110,7 +110,9 @@ def test_residual_of_another_shape_is_broadcast() -> None:
                 torch.testing.assert_close(fused(x, r), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_prepacked_weight_is_not_copied_or_pickled_and_follows_weight_updates() -> None:
+def test_prepacked_weight_is_not_copied_or_pickled_and_follows_weight_updates(
+    always_pack: None,
+) -> None:
     fused = FusedConv2d.from_conv(nn.Conv2d(3, 4, 3), activation="relu")
     fused.prepack()
     x = torch.randn(1, 3, 3, 3).contiguous(memory_format=torch.channels_last)  # 4 filters > 1x1

@@ -27,7 +27,7 @@ def test_channels_last_keeps_the_function_and_the_callers_layout() -> None:
     assert_unchanged(model, before)
 
 
-def test_prepack_marks_every_fused_convolution_and_stays_exact() -> None:
+def test_prepack_marks_every_fused_convolution_and_stays_exact(always_pack: None) -> None:
     model = randomize_norms(ResidualBlock(projection=True))
     fused = obo.fuse_epilogues(model)
     packed, count = prepack_weights(fused)

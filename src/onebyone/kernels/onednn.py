@@ -175,19 +175,30 @@ def fused_convolution(
     return y if fused == activation else apply_activation(y, activation, inplace=True)
 
 
-def packing_pays(x: torch.Tensor, filters_per_group: int, output_pixels: int) -> bool:
+def packing_pays(
+    x: torch.Tensor, filters_per_group: int, reduction: int, output_pixels: int
+) -> bool:
     """Whether a channels-last inference should run the packed post-op convolution.
+
+    ``reduction`` is the length of each output's dot product (``C/g`` times the
+    kernel's area) and ``output_pixels`` is ``N*H'*W'``.
 
     ATen's convolution reorders the weight on every call but costs a few
     microseconds to launch; the post-op form reuses a packed weight but pays about
     25 us per call to set up its primitive, and its fused residual measured no
-    faster than an in-place add. Over the layer suite of
-    ``benchmarks/bench_op.py`` packing won exactly where the weight outweighs the
-    output pixels: more filters per group than pixels (``K/g > N*H'*W'``), as in
-    the 7x7 and 14x14 layers of ResNet-50 at batch 1. (As a GEMM of any kernel size,
-    the weight is then larger than the input's patch matrix.)
+    faster than an in-place add. Over the layer suite of ``benchmarks/bench_op.py``
+    packing won exactly where the weight outweighs the output pixels: more filters
+    per group than pixels (``K/g > N*H'*W'``), as in the 7x7 and 14x14 layers of
+    ResNet-50 at batch 1. (As a GEMM of any kernel size, the weight is then larger
+    than the input's patch matrix.) Below about two million multiply-adds the setup
+    outweighs what packing saves, so tiny products never pack.
     """
-    return filters_per_group > output_pixels and is_channels_last(x)
+    if filters_per_group <= output_pixels or not is_channels_last(x):
+        return False
+    return filters_per_group * reduction * output_pixels >= _PACKING_MIN_MACS
+
+
+_PACKING_MIN_MACS = 1 << 21
 
 
 def aten_forward(
@@ -244,7 +255,7 @@ def conv1x1(
     # A packed weight makes oneDNN write channels-last output: channels-last input only.
     n, _, h, w = x.shape
     pixels = n * -(-h // stride[0]) * -(-w // stride[1])
-    if packing_pays(x, k // groups, pixels) and not torch.compiler.is_compiling():
+    if packing_pays(x, k // groups, cg, pixels) and not torch.compiler.is_compiling():
         w4 = packed_weight(weight, w4, x, stride=stride, groups=groups)
         return fused_convolution(
             x, w4, bias, residual, stride=stride, groups=groups, activation=activation

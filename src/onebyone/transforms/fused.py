@@ -86,7 +86,8 @@ class _OneDNNEpilogue:
             return apply_activation(y + residual, self.activation, inplace=True)
         fused_residual = residual if before else None
         pixels = out_shape[0] * out_shape[2] * out_shape[3]
-        if self.prepacked and onednn.packing_pays(x, out_shape[1] // groups, pixels):
+        reduction = w4.shape[1] * w4.shape[2] * w4.shape[3]  # C/g * kh * kw
+        if self.prepacked and onednn.packing_pays(x, out_shape[1] // groups, reduction, pixels):
             # the packed weight is kept by the kernel while the weight is unchanged
             w4 = onednn.packed_weight(self.weight, w4, x, **geometry)
             y = onednn.fused_convolution(
