@@ -290,11 +290,13 @@ def test_packed_weights_follow_in_place_updates(always_pack):
 
 @pytest.mark.parametrize("activation", [None, "relu", "silu"])
 @pytest.mark.parametrize("with_residual", [False, True])
-def test_onednn_inference_routes_agree(activation, with_residual):
-    """Channels-last inference packs the weight only when it outweighs the output
-    pixels (K/g > N*H'*W') in a product of at least 2^21 multiply-adds; both routes
-    compute the same thing."""
-    cl = torch.channels_last
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_onednn_inference_routes_agree(activation, with_residual, channels_last):
+    """Inference packs the weight only when it outweighs the output pixels
+    (K/g > N*H'*W') in a product of at least 2^21 multiply-adds, reordering NCHW
+    activations around the call; every route computes the same thing and keeps
+    the caller's layout."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     for n, c, k, h, stride, groups, packs in [
         (1, 512, 1024, 4, 2, 1, True),  # 1024 filters, 4 output pixels: 2^21 MACs
         (1, 256, 1024, 4, 2, 1, False),  # the same, but 2^20 MACs: tiny
@@ -302,19 +304,17 @@ def test_onednn_inference_routes_agree(activation, with_residual):
         (1, 128, 576, 7, 1, 1, True),  # 576 filters, 49 pixels
     ]:
         x, wt, b = make(n, c, k, h, h, groups)
-        x = x.to(memory_format=cl)
+        x = x.to(memory_format=fmt)
         ho = -(-h // stride)
-        r = torch.randn(n, k, ho, ho).to(memory_format=cl) if with_residual else None
-        pixels = n * ho * ho
-        assert onednn.packing_pays(x, k // groups, c // groups, pixels) is packs
-        assert not onednn.packing_pays(x.contiguous(), k // groups, c // groups, pixels)
+        r = torch.randn(n, k, ho, ho).to(memory_format=fmt) if with_residual else None
+        assert onednn.packing_pays(k // groups, c // groups, n * ho * ho) is packs
         with torch.no_grad():
             y = obo.conv1x1(
                 x, wt, b, stride=stride, groups=groups, activation=activation, residual=r,
                 backend="onednn",
             )  # fmt: skip
         assert (id(wt) in onednn._PACKED) is packs
-        assert y.is_contiguous(memory_format=cl)
+        assert y.is_contiguous(memory_format=fmt)
         assert_close(y, reference(x, wt, b, stride, groups, activation, r))
 
 

@@ -92,7 +92,7 @@ def _thin_nchw_gemm(
     pixels in all (14x14 at batch 1), at most 48 input channels per group on at
     most 3136 pixels, or a weight of at most 1024 values per group.
     """
-    if x.dtype != torch.float32 or gemm.is_channels_last(x) or not x.is_contiguous():
+    if x.dtype != torch.float32 or not x.is_contiguous():  # NCHW float32 only
         return False
     kg, cg = weight.shape[0] // groups, weight.shape[1]
     n, _, h, w = x.shape
@@ -115,7 +115,8 @@ def _pick_kernel(
         if reason is not None or isinstance(kernel, str):
             raise BackendUnavailableError(f"backend={backend!r} cannot run here: {reason}.")
         return kernel
-    if x.device.type == "cuda":
+    device = x.device.type
+    if device == "cuda":
         kernel = _kernel("triton")
         if isinstance(kernel, ModuleType) and kernel.unsupported(x, needs_grad) is None:
             return kernel
@@ -124,7 +125,7 @@ def _pick_kernel(
             warnings.warn(
                 f"onebyone: {kernel}. CUDA uses the GEMM path.", RuntimeWarning, stacklevel=3
             )
-    if x.device.type == "cpu":
+    if device == "cpu":
         if onednn.unsupported(x, needs_grad) is None:
             if not needs_grad and _thin_nchw_gemm(x, weight, groups, stride):
                 return gemm

@@ -175,10 +175,8 @@ def fused_convolution(
     return y if fused == activation else apply_activation(y, activation, inplace=True)
 
 
-def packing_pays(
-    x: torch.Tensor, filters_per_group: int, reduction: int, output_pixels: int
-) -> bool:
-    """Whether a channels-last inference should run the packed post-op convolution.
+def packing_pays(filters_per_group: int, reduction: int, output_pixels: int) -> bool:
+    """Whether an inference should run the packed post-op convolution (channels-last).
 
     ``reduction`` is the length of each output's dot product (``C/g`` times the
     kernel's area) and ``output_pixels`` is ``N*H'*W'``.
@@ -191,9 +189,11 @@ def packing_pays(
     per group than pixels (``K/g > N*H'*W'``), as in the 7x7 and 14x14 layers of
     ResNet-50 at batch 1. (As a GEMM of any kernel size, the weight is then larger
     than the input's patch matrix.) Below about two million multiply-adds the setup
-    outweighs what packing saves, so tiny products never pack.
+    outweighs what packing saves, so tiny products never pack. Such layers win
+    even when NCHW activations (small, next to their weight) are reordered to
+    channels-last and back around the call.
     """
-    if filters_per_group <= output_pixels or not is_channels_last(x):
+    if filters_per_group <= output_pixels:
         return False
     return filters_per_group * reduction * output_pixels >= _PACKING_MIN_MACS
 
@@ -252,12 +252,16 @@ def conv1x1(
         if residual is not None:
             y = y.add_(residual)  # the convolution's backward does not need its output
         return apply_activation(y, activation, inplace=False)
-    # A packed weight makes oneDNN write channels-last output: channels-last input only.
     n, _, h, w = x.shape
     pixels = n * -(-h // stride[0]) * -(-w // stride[1])
-    if packing_pays(x, k // groups, cg, pixels) and not torch.compiler.is_compiling():
-        w4 = packed_weight(weight, w4, x, stride=stride, groups=groups)
-        return fused_convolution(
-            x, w4, bias, residual, stride=stride, groups=groups, activation=activation
-        )
+    if packing_pays(k // groups, cg, pixels) and not torch.compiler.is_compiling():
+        # oneDNN writes channels-last output with a packed weight: other layouts are
+        # reordered around the call (cheap here: the activations are the small side)
+        cl = torch.channels_last
+        nhwc = is_channels_last(x)
+        xc = x if nhwc else x.contiguous(memory_format=cl)
+        rc = residual if nhwc or residual is None else residual.contiguous(memory_format=cl)
+        w4 = packed_weight(weight, w4, xc, stride=stride, groups=groups)
+        y = fused_convolution(xc, w4, bias, rc, stride=stride, groups=groups, activation=activation)
+        return y if nhwc else y.contiguous()
     return aten_forward(x, w4, bias, residual, stride, groups, activation)

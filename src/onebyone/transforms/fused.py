@@ -23,6 +23,7 @@ from onebyone import _checks
 from onebyone.functional import conv1x1
 from onebyone.kernels import onednn
 from onebyone.kernels.epilogue import apply_activation
+from onebyone.kernels.gemm import is_channels_last
 from onebyone.nn.conv import Conv1x1
 from onebyone.transforms._fx import register_leaf
 
@@ -87,7 +88,11 @@ class _OneDNNEpilogue:
         fused_residual = residual if before else None
         pixels = out_shape[0] * out_shape[2] * out_shape[3]
         reduction = w4.shape[1] * w4.shape[2] * w4.shape[3]  # C/g * kh * kw
-        if self.prepacked and onednn.packing_pays(x, out_shape[1] // groups, reduction, pixels):
+        if (
+            self.prepacked
+            and onednn.packing_pays(out_shape[1] // groups, reduction, pixels)
+            and is_channels_last(x)
+        ):
             # the packed weight is kept by the kernel while the weight is unchanged
             w4 = onednn.packed_weight(self.weight, w4, x, **geometry)
             y = onednn.fused_convolution(
