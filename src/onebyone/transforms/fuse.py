@@ -8,10 +8,10 @@ live (they are in ``forward``, not in modules):
 - ``act(conv(x)) + r``                 -> residual added after the activation.
 
 A 1x1 convolution becomes a ``FusedConv1x1``, which calls
-``onebyone.conv1x1`` (oneDNN's fused convolution with post-ops for CPU
-inference); any other ``nn.Conv2d`` becomes a ``FusedConv2d``, which calls the
-same oneDNN fused path. Both fall back to plain PyTorch ops (and autograd)
-where oneDNN cannot run, so the fused model works everywhere the original did.
+``onebyone.conv1x1`` (oneDNN for CPU inference, by its measured routes); any
+other ``nn.Conv2d`` becomes a ``FusedConv2d``, which takes the same routes.
+Both fall back to plain PyTorch ops (and autograd) where oneDNN cannot run, so
+the fused model works everywhere the original did.
 Batch norms are folded first (``fold_batchnorm``).
 """
 

@@ -2,13 +2,15 @@
 
 ``FusedConv1x1`` (a ``Conv1x1``) and ``FusedConv2d`` (an ``nn.Conv2d``) compute
 ``act(conv(x) + bias + residual)`` or ``act(conv(x) + bias) + residual`` in one
-call. On the CPU without autograd that call is oneDNN's fused convolution
-(``torch.ops.mkldnn._convolution_pointwise``, with its ``.binary`` overload
-for the residual); elsewhere the same computation runs as PyTorch ops, so a
-fused model works wherever the original did. ``prepack()`` has the oneDNN
-kernel keep a copy of the weight in its blocked layout (made on the first
-fast call, dropped when the weight changes or dies), which saves a weight
-reorder on every later call.
+call. On the CPU without autograd that call takes the oneDNN kernel's
+measured routes: ATen's convolution with the residual and activation in place
+on its fresh output, or, after ``prepack()`` and where the weight outweighs
+the output pixels (``onebyone.kernels.onednn.packing_pays``), oneDNN's fused
+convolution (``torch.ops.mkldnn._convolution_pointwise``, with its ``.binary``
+overload for the residual) on a copy of the weight kept in oneDNN's blocked
+layout (made on the first such call, dropped when the weight changes or
+dies). Elsewhere the same computation runs as PyTorch ops, so a fused model
+works wherever the original did.
 """
 
 from __future__ import annotations
@@ -117,10 +119,11 @@ class FusedConv2d(_OneDNNEpilogue, nn.Conv2d):
 
     ``forward(x, residual=None)`` returns ``act(conv(x) + bias + residual)``
     (``residual_position="before"``) or ``act(conv(x) + bias) + residual``
-    (``"after"``). CPU inference in float32 / bfloat16 is one
-    ``torch.ops.mkldnn._convolution_pointwise`` call with post-ops (ReLU after
-    the add is fused too; other activations after an add run in place on the
-    fresh output); autograd, other devices and float64 run the same
+    (``"after"``). CPU inference in float32 / bfloat16 is ATen's convolution
+    with the residual and activation in place on its output, or, when prepacked
+    and the weight outweighs the output pixels, one
+    ``torch.ops.mkldnn._convolution_pointwise`` call with post-ops on the
+    packed weight; autograd, other devices and float64 run the same
     computation with PyTorch ops.
 
     Args:
@@ -234,7 +237,8 @@ class FusedConv1x1(_OneDNNEpilogue, Conv1x1):
     (``residual_position="before"``: one ``onebyone.conv1x1`` call) or
     ``act(conv1x1(x) + bias) + residual`` (``"after"``: the add runs in place
     on the fresh output). A residual of another shape is broadcast. With
-    ``prepack()`` CPU inference calls oneDNN directly with the blocked weight.
+    ``prepack()`` CPU inference calls oneDNN directly, with the blocked weight
+    where packing pays.
 
     Args:
         in_channels, out_channels: ``C``, ``K``.

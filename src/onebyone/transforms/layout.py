@@ -5,7 +5,7 @@ reordering them first, so a model whose inputs enter channels-last keeps every
 intermediate map channels-last. ``to_channels_last`` converts the weights and
 wraps the model so its inputs are converted once, at the entry, and 4-D
 outputs return in the caller's layout. ``prepack_weights`` asks every fused
-convolution to keep its weight in oneDNN's blocked layout (see
+convolution to keep its weight in oneDNN's blocked layout where that pays (see
 ``FusedConv2d.prepack``). ``cast`` runs a model in another dtype behind the
 same interface.
 """
@@ -115,8 +115,10 @@ def channels_last_owned(model: nn.Module) -> ChannelsLast:
 def prepack_weights(model: nn.Module) -> tuple[nn.Module, int]:
     """A copy of ``model`` whose fused convolutions keep oneDNN-blocked weights.
 
-    Each ``FusedConv1x1`` / ``FusedConv2d`` reorders its weight once, on its first
-    CPU inference call, instead of on every call.
+    Each ``FusedConv1x1`` / ``FusedConv2d`` whose weight outweighs its output
+    pixels (``onebyone.kernels.onednn.packing_pays``) reorders its weight once,
+    on its first channels-last CPU inference call, instead of on every call;
+    the others keep ATen's convolution, which measured faster for them.
 
     Returns:
         ``(copy, number of fused convolutions set to pre-pack)``.
