@@ -206,9 +206,12 @@ def test_auto_picks_the_kernel_by_layout_shape_grad_and_dtype(monkeypatch):
     thin = make(1, 6, 4, 3, 3, 1)  # a weight of 24 values
     wide = make(1, 256, 160, 28, 28, 1)  # 160 filters, 256 input channels
     large_map = make(1, 96, 64, 28, 28, 1)  # 64 filters, but on 784 pixels
+    grouped = make(1, 96, 64, 28, 28, 2)
     with torch.no_grad():
         for x, wt, b in (thin, wide, large_map):
             obo.conv1x1(x, wt, b)
+        x, wt, b = grouped
+        obo.conv1x1(x, wt, b, groups=2)
         x, wt, b = thin
         obo.conv1x1(x.to(memory_format=torch.channels_last), wt, b)
     x, wt, b = thin
@@ -218,6 +221,7 @@ def test_auto_picks_the_kernel_by_layout_shape_grad_and_dtype(monkeypatch):
         "gemm",  # NCHW inference of a thin product: MKL on the planes, no reorder
         "onednn",  # NCHW inference, wide on both sides
         "onednn",  # NCHW inference, thin on a large map
+        "gemm",  # NCHW inference, grouped
         "onednn",  # channels-last inference
         "onednn",  # training
         "gemm",  # float64, which oneDNN does not run

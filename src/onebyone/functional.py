@@ -85,19 +85,26 @@ def _thin_nchw_gemm(
     """Whether MKL's GEMM on NCHW views beats oneDNN for this float32 inference on the CPU.
 
     oneDNN reorders NCHW input and output to its blocked layout around the
-    convolution; a GEMM reads the ``(C/g, H*W)`` planes where they lie. Two runs
-    over the layer suite of ``benchmarks/bench_op.py`` found the GEMM never more
-    than 3% slower, and up to 2.3x faster, on products that are thin in the
-    reduction or the output: at most 64 filters per group on at most 196 output
-    pixels in all (14x14 at batch 1), at most 48 input channels per group on at
-    most 3136 pixels, or a weight of at most 1024 values per group.
+    convolution; a GEMM reads the ``(C/g, H*W)`` planes where they lie. Runs over
+    the layer suite of ``benchmarks/bench_op.py`` found the GEMM never more than
+    3% slower, and up to 2.5x faster, on grouped products and on products that
+    are thin in the reduction or the output: at most 24 filters per group, at
+    most 64 on at most 196 output pixels in all (14x14 at batch 1), at most 48
+    input channels per group on at most 3136 pixels, or a weight of at most
+    1024 values per group.
     """
     if x.dtype != torch.float32 or not x.is_contiguous():  # NCHW float32 only
         return False
     kg, cg = weight.shape[0] // groups, weight.shape[1]
     n, _, h, w = x.shape
     pixels = n * -(-h // stride[0]) * -(-w // stride[1])
-    return (kg <= 64 and pixels <= 196) or (cg <= 48 and pixels <= 3136) or cg * kg <= 1024
+    return (
+        groups > 1
+        or kg <= 24
+        or (kg <= 64 and pixels <= 196)
+        or (cg <= 48 and pixels <= 3136)
+        or cg * kg <= 1024
+    )
 
 
 def _pick_kernel(
