@@ -32,7 +32,7 @@ from hypothesis import given, settings
 
 import onebyone as obo
 import onebyone.numpy as onp
-from onebyone import functional
+from onebyone import _checks, functional
 from onebyone.kernels import triton as tk
 
 from helpers import ACTS, TOLERANCES, assert_close
@@ -270,17 +270,19 @@ def test_empty_inputs():
 
 
 def test_auto_never_picks_triton_for_cpu_tensors():
-    x, w = torch.randn(1, 4, 3, 3), torch.randn(5, 4)
-    assert functional._pick_kernel("auto", x, True, w, 1, (1, 1)) is not tk
-    assert functional._pick_kernel("auto", x, False, w, 1, (1, 1)) is not tk
-    assert functional._pick_kernel("triton", x.to(DEVICE), True, w.to(DEVICE), 1, (1, 1)) is tk
+    x = torch.randn(1, 4, 3, 3)
+    geo = _checks.geometry(x.shape, (5, 4), None, stride=(1, 1), groups=1)
+    assert functional._pick_kernel("auto", x, True, geo) is not tk
+    assert functional._pick_kernel("auto", x, False, geo) is not tk
+    assert functional._pick_kernel("triton", x.to(DEVICE), True, geo) is tk
 
 
 @needs_cuda
 def test_auto_picks_triton_on_cuda():
-    x, w = torch.randn(1, 4, 3, 3, device="cuda"), torch.randn(5, 4, device="cuda")
-    assert functional._pick_kernel("auto", x, True, w, 1, (1, 1)) is tk
-    assert functional._pick_kernel("auto", x, False, w, 1, (1, 1)) is tk
+    x = torch.randn(1, 4, 3, 3, device="cuda")
+    geo = _checks.geometry(x.shape, (5, 4), None, stride=(1, 1), groups=1)
+    assert functional._pick_kernel("auto", x, True, geo) is tk
+    assert functional._pick_kernel("auto", x, False, geo) is tk
 
 
 def test_float32_uses_tf32_only_when_matmul_may():

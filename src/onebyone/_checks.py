@@ -63,7 +63,10 @@ def positive_int(argument: str, value: object) -> int:
 
 def pair(argument: str, value: object) -> tuple[int, int]:
     """Normalise an int or a pair of ints (each >= 1) to ``(height, width)``."""
-    if type(value) is tuple and len(value) == 2:  # the common, already normal form: fast
+    # the common forms first, cheaply: a plain int, or an already normal pair
+    if type(value) is int and value >= 1:
+        return (value, value)
+    if type(value) is tuple and len(value) == 2:
         h, w = value
         if type(h) is int and type(w) is int and h >= 1 and w >= 1:
             return value

@@ -79,9 +79,7 @@ def _same_kind(
             )
 
 
-def _thin_nchw_gemm(
-    x: torch.Tensor, weight: torch.Tensor, groups: int, stride: tuple[int, int]
-) -> bool:
+def _thin_nchw_gemm(x: torch.Tensor, geo: _checks.ConvGeometry) -> bool:
     """Whether MKL's GEMM on NCHW views beats oneDNN for this float32 inference on the CPU.
 
     oneDNN reorders NCHW input and output to its blocked layout around the
@@ -95,11 +93,10 @@ def _thin_nchw_gemm(
     """
     if x.dtype != torch.float32 or not x.is_contiguous():  # NCHW float32 only
         return False
-    kg, cg = weight.shape[0] // groups, weight.shape[1]
-    n, _, h, w = x.shape
-    pixels = n * -(-h // stride[0]) * -(-w // stride[1])
+    kg, cg = geo.out_channels // geo.groups, geo.in_channels // geo.groups
+    pixels = geo.batch * geo.out_height * geo.out_width
     return (
-        groups > 1
+        geo.groups > 1
         or kg <= 24
         or (kg <= 64 and pixels <= 196)
         or (cg <= 48 and pixels <= 3136)
@@ -111,9 +108,7 @@ def _pick_kernel(
     backend: str,
     x: torch.Tensor,
     needs_grad: bool,
-    weight: torch.Tensor,
-    groups: int,
-    stride: tuple[int, int],
+    geo: _checks.ConvGeometry,
 ) -> ModuleType:
     global _warned_fallback, _warned_no_triton
     if backend != "auto":
@@ -134,7 +129,7 @@ def _pick_kernel(
             )
     if device == "cpu":
         if onednn.unsupported(x, needs_grad) is None:
-            if not needs_grad and _thin_nchw_gemm(x, weight, groups, stride):
+            if not needs_grad and _thin_nchw_gemm(x, geo):
                 return gemm
             return onednn
         if not _warned_fallback and not onednn.is_available():
@@ -230,6 +225,6 @@ def conv1x1(
         or (bias is not None and bias.requires_grad)
         or (residual is not None and residual.requires_grad)
     )
-    kernel = _pick_kernel(backend, xb, needs_grad, w2, geo.groups, strides)
+    kernel = _pick_kernel(backend, xb, needs_grad, geo)
     y = kernel.conv1x1(xb, w2, bias, stride=strides, groups=geo.groups, activation=act, residual=rb)
     return y if geo.batched else y.squeeze(0)
