@@ -33,6 +33,8 @@ __all__ = [
     "is_add",
     "is_inplace",
     "mutates",
+    "owner_counts",
+    "plain_sequentials",
     "set_module",
     "trace",
 ]
@@ -101,6 +103,22 @@ def drop_identities(graph: fx.Graph, modules: dict[str, nn.Module], *, dropout: 
             graph.erase_node(node)
             removed += 1
     return removed
+
+
+def plain_sequentials(root: nn.Module) -> list[tuple[str, nn.Sequential]]:
+    """``(path, container)`` for every ``nn.Sequential`` in ``root`` that runs its children
+    in order (a subclass with its own ``forward`` may not, so it is left out)."""
+    return [
+        (path, m)
+        for path, m in root.named_modules()
+        if isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward
+    ]
+
+
+def owner_counts(root: nn.Module) -> Counter[int]:
+    """How many places in ``root`` hold each module, by ``id``: a module held twice
+    must not be rewritten in place for one of its users."""
+    return Counter(id(m) for _, m in root.named_modules(remove_duplicate=False))
 
 
 def set_module(root: nn.Module, path: str, module: nn.Module) -> None:

@@ -22,7 +22,14 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from onebyone.nn.conv import Conv1x1
-from onebyone.transforms._fx import call_counts, graph_module, set_module, trace
+from onebyone.transforms._fx import (
+    call_counts,
+    graph_module,
+    owner_counts,
+    plain_sequentials,
+    set_module,
+    trace,
+)
 from onebyone.transforms.report import PassReport
 from onebyone.transforms.verify import as_inputs
 
@@ -226,13 +233,9 @@ def _ranks(model: nn.Module, graph: fx.Graph, example_input: object) -> dict[str
 
 def _fold_sequentials(root: nn.Module, report: PassReport) -> None:
     """Fold adjacent (layer, batch norm) children of plain ``nn.Sequential`` containers."""
-    owners: dict[int, int] = {}
-    for _, m in root.named_modules(remove_duplicate=False):
-        owners[id(m)] = owners.get(id(m), 0) + 1
+    owners = owner_counts(root)
     pairs: list[tuple[str, nn.Sequential, str, str]] = []
-    for path, seq in root.named_modules():
-        if not isinstance(seq, nn.Sequential) or type(seq).forward is not nn.Sequential.forward:
-            continue
+    for path, seq in plain_sequentials(root):
         names = list(seq._modules)
         for a, b in itertools.pairwise(names):
             layer, bn = seq._modules[a], seq._modules[b]

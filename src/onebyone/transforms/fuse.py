@@ -30,6 +30,7 @@ from onebyone.transforms._fx import (
     graph_module,
     is_add,
     mutates,
+    plain_sequentials,
     set_module,
     trace,
 )
@@ -201,12 +202,7 @@ def _fuse_graph(
 
 def _fuse_sequentials(root: nn.Module, report: PassReport) -> None:
     """Module-level fusion: a convolution followed by an activation in an ``nn.Sequential``."""
-    seqs = [
-        (p, s)
-        for p, s in root.named_modules()
-        if isinstance(s, nn.Sequential) and type(s).forward is nn.Sequential.forward
-    ]
-    for path, seq in seqs:
+    for path, seq in plain_sequentials(root):
         names = list(seq._modules)
         for i, a in enumerate(names):
             conv = seq._modules[a]

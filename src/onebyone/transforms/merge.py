@@ -30,6 +30,8 @@ from onebyone.transforms._fx import (
     call_counts,
     graph_module,
     mutates,
+    owner_counts,
+    plain_sequentials,
     set_module,
     trace,
 )
@@ -203,15 +205,8 @@ def _candidate(module: nn.Module | None) -> bool:
 
 
 def _merge_sequentials(root: nn.Module, only_if_cheaper: bool, report: PassReport) -> None:
-    owners: dict[int, int] = {}
-    for _, m in root.named_modules(remove_duplicate=False):
-        owners[id(m)] = owners.get(id(m), 0) + 1
-    seqs = [
-        (p, s)
-        for p, s in root.named_modules()
-        if isinstance(s, nn.Sequential) and type(s).forward is nn.Sequential.forward
-    ]
-    for path, seq in seqs:
+    owners = owner_counts(root)
+    for path, seq in plain_sequentials(root):
         names = list(seq._modules)
         for a, b in itertools.pairwise(names):
             first, second = seq._modules[a], seq._modules[b]
