@@ -387,3 +387,18 @@ def test_packed_weight_cache_dies_with_its_weight(always_pack):
     del w
     gc.collect()
     assert key not in onednn._PACKED
+
+
+@pytest.mark.parametrize("activation", list(ACTS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_add_then_activate_computes_act_of_the_sum(activation, dtype):
+    from onebyone.kernels.epilogue import add_then_activate_
+
+    y = torch.randn(2, 5, 3, 4).to(dtype)
+    for addend in (torch.randn(2, 5, 3, 4).to(dtype), torch.randn(1, 5, 1, 1).to(dtype)):
+        out = y.clone()
+        result = add_then_activate_(out, addend, activation)
+        if activation in (None, "relu"):
+            assert result.data_ptr() == out.data_ptr()  # no new output
+        expected = ACTS[activation](y.double() + addend.double())
+        assert_close(result, expected, dtype)

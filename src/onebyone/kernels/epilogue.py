@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LEAKY_RELU_SLOPE", "apply_activation"]
+__all__ = ["LEAKY_RELU_SLOPE", "add_then_activate_", "apply_activation"]
 
 LEAKY_RELU_SLOPE = 0.01
 """Negative slope of ``"leaky_relu"`` (PyTorch's default)."""
@@ -40,3 +40,17 @@ def apply_activation(z: torch.Tensor, name: str | None, *, inplace: bool) -> tor
     if name is None:
         return z
     return (_IN_PLACE if inplace else _OUT_OF_PLACE)[name](z)
+
+
+def add_then_activate_(y: torch.Tensor, addend: torch.Tensor, name: str | None) -> torch.Tensor:
+    """``act(y + addend)``, overwriting ``y``: a fresh output, never an input (no autograd).
+
+    Float32 ReLU on the CPU is ATen's one-pass ``add + relu``; otherwise the add runs
+    in place, then the activation (in place where it has such a form).
+
+    Shape:
+        ``y``'s; ``addend`` broadcasts to it.
+    """
+    if name == "relu" and y.dtype == torch.float32 and y.device.type == "cpu":
+        return torch._add_relu_(y, addend)
+    return apply_activation(y.add_(addend), name, inplace=True)

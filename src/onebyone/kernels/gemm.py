@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from onebyone.kernels.epilogue import apply_activation
+from onebyone.kernels.epilogue import add_then_activate_, apply_activation
 
 __all__ = ["conv1x1", "is_channels_last", "unsupported"]
 
@@ -25,11 +25,6 @@ def unsupported(x: torch.Tensor, needs_grad: bool) -> str | None:
 def is_channels_last(x: torch.Tensor) -> bool:
     """True when ``x`` is stored NHWC (and not also plain contiguous)."""
     return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-
-
-def _can_add_relu_in_place(y: torch.Tensor) -> bool:
-    """ATen's one-pass ``add + relu`` exists for float32 on the CPU; in place only without grad."""
-    return y.device.type == "cpu" and y.dtype == torch.float32 and not torch.is_grad_enabled()
 
 
 def conv1x1(
@@ -89,7 +84,7 @@ def conv1x1(
         y = torch.bmm(w_batch, cols) if start is None else torch.baddbmm(start, w_batch, cols)
         out = y.view(n, k, ho, wo)
         if residual is not None and bias is not None:  # the residual took the accumulator's place
-            if activation == "relu" and _can_add_relu_in_place(out):
-                return torch._add_relu_(out, bias.view(1, k, 1, 1))  # one pass for both
+            if not torch.is_grad_enabled():
+                return add_then_activate_(out, bias.view(1, k, 1, 1), activation)
             out = out.add_(bias.view(1, k, 1, 1))
     return apply_activation(out, activation, inplace=not torch.is_grad_enabled())

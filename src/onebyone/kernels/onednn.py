@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from onebyone.kernels.epilogue import LEAKY_RELU_SLOPE, apply_activation
+from onebyone.kernels.epilogue import LEAKY_RELU_SLOPE, add_then_activate_, apply_activation
 from onebyone.kernels.gemm import is_channels_last
 
 __all__ = [
@@ -215,9 +215,7 @@ def aten_forward(
     primitive, cached by ATen) with bias, then the residual and activation in place."""
     y = torch.convolution(x, w4, bias, stride, padding, dilation, False, (0, 0), groups)
     if residual is not None:
-        if activation == "relu" and y.dtype == torch.float32:
-            return torch._add_relu_(y, residual)  # one pass for both
-        y = y.add_(residual)
+        return add_then_activate_(y, residual, activation)
     return apply_activation(y, activation, inplace=True)
 
 
