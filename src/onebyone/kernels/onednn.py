@@ -212,7 +212,13 @@ def aten_forward(
     dilation: tuple[int, int] | list[int] = (1, 1),
 ) -> torch.Tensor:
     """``act(conv(x) + bias + residual)`` (any kernel size): ATen's convolution (oneDNN's
-    primitive, cached by ATen) with bias, then the residual and activation in place."""
+    primitive, cached by ATen) with bias, then the residual and activation in place.
+    Arguments are checked by the caller; no autograd through the in-place epilogue.
+
+    Shape:
+        ``(N, C, H, W) -> (N, K, H', W')`` in ``x``'s memory format; ``residual`` has
+        the output's shape.
+    """
     y = torch.convolution(x, w4, bias, stride, padding, dilation, False, (0, 0), groups)
     if residual is not None:
         return add_then_activate_(y, residual, activation)
