@@ -228,6 +228,38 @@ def test_auto_picks_the_kernel_by_layout_shape_grad_and_dtype(monkeypatch):
     ]
 
 
+def test_a_remembered_call_decides_again_when_layout_grad_or_arguments_change(monkeypatch):
+    calls = []
+    for name, module in functional._KERNELS.items():
+        original = module.conv1x1
+
+        def spy(*args, _name=name, _original=original, **kwargs):
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(module, "conv1x1", spy)
+    x, wt, b = make(1, 6, 4, 3, 3, 1)  # thin: NCHW inference runs the GEMM
+    r = torch.randn(1, 4, 3, 3)
+    with torch.no_grad():
+        obo.conv1x1(x, wt, b, residual=r)
+        obo.conv1x1(x, wt, b, residual=r)
+        obo.conv1x1(x.to(memory_format=torch.channels_last), wt, b, residual=r)
+    xg = x.clone().requires_grad_()
+    y = obo.conv1x1(xg, wt, b, residual=r)
+    assert calls == ["gemm", "gemm", "onednn", "onednn"]
+    y.sum().backward()
+    assert_close(xg.grad, wt.sum(0)[None, :, None, None].expand(1, 6, 3, 3))
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"argument `residual`.*\(1, 4, 3, 3\)"):
+            obo.conv1x1(x, wt, b, residual=torch.randn(1, 4, 3, 2))
+        with pytest.raises(TypeError, match=r"argument `bias`.*torch.float32"):
+            obo.conv1x1(x, wt, b.double(), residual=r)
+        with pytest.raises(ValueError, match=r"argument `activation`"):
+            obo.conv1x1(x, wt, b, residual=r, activation="swish")
+        with pytest.raises(TypeError, match=r"argument `residual`.*torch.Tensor"):
+            obo.conv1x1(x, wt, b, residual=r.numpy())
+
+
 def test_explicit_backend_that_cannot_run_says_why():
     x = torch.randn(1, 4, 2, 2)
     with pytest.raises(obo.BackendUnavailableError, match=r"backend='onednn'.*CPU tensors.*meta"):
@@ -324,6 +356,7 @@ def test_onednn_inference_routes_agree(activation, with_residual, channels_last)
 def test_auto_falls_back_with_one_warning(monkeypatch):
     monkeypatch.setattr(onednn, "is_available", lambda: False)
     monkeypatch.setattr(functional, "_warned_fallback", False)
+    monkeypatch.setattr(functional, "_PLANS", {})  # plans made with oneDNN at hand
     x, wt, b = make(1, 6, 4, 3, 3, 1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

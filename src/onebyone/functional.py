@@ -1,6 +1,6 @@
 """The PyTorch pointwise convolution: validation, epilogue, autograd, dispatch.
 
-``conv1x1`` checks its arguments once, then hands a batched ``(N, C, H, W)``
+``conv1x1`` checks its arguments (once per call signature), then hands a batched ``(N, C, H, W)``
 input and a 2-D ``(K, C/g)`` weight to one kernel of ``onebyone.kernels``.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import warnings
 from types import ModuleType
+from typing import cast
 
 import torch
 from torch.overrides import handle_torch_function, has_torch_function_variadic
@@ -143,6 +144,135 @@ def _pick_kernel(
     return gemm
 
 
+def _needs_grad(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+) -> bool:
+    return torch.is_grad_enabled() and (
+        x.requires_grad
+        or weight.requires_grad
+        or (bias is not None and bias.requires_grad)
+        or (residual is not None and residual.requires_grad)
+    )
+
+
+# One validated call per signature: its geometry, normalised stride and activation,
+# and kernel. A layer calls with the same signature every time, so the checks and the
+# kernel choice run once; what they read (shapes, strides, dtypes, devices, whether
+# autograd records) is all in the key.
+_Plan = tuple[_checks.ConvGeometry, tuple[int, int], "str | None", ModuleType]
+_PLANS: dict[tuple[object, ...], _Plan] = {}
+_MAX_PLANS = 1024
+
+
+def _signature(
+    x: object,
+    weight: object,
+    bias: object,
+    residual: object,
+    stride: object,
+    groups: object,
+    activation: object,
+    backend: object,
+) -> tuple[object, ...] | None:
+    """The plan key of a call, or ``None`` when its arguments must go through the checks.
+
+    Only arguments of the exact types the checks accept get a key, so a ``bool`` or
+    ``float`` stride or groups (equal to an int as a dict key) is always refused.
+    """
+    if (
+        type(groups) is not int
+        or type(backend) is not str
+        or not (activation is None or type(activation) is str)
+        or not (
+            type(stride) is int
+            or (
+                type(stride) is tuple
+                and len(stride) == 2
+                and type(stride[0]) is int
+                and type(stride[1]) is int
+            )
+        )
+        or not isinstance(x, torch.Tensor)
+        or not isinstance(weight, torch.Tensor)
+        or torch.compiler.is_compiling()
+    ):
+        return None
+    if bias is None:
+        bias_key: tuple[object, ...] | None = None
+    elif isinstance(bias, torch.Tensor):
+        bias_key = (bias.shape, bias.dtype, bias.device)
+    else:
+        return None
+    if residual is None:
+        residual_key: tuple[object, ...] | None = None
+    elif isinstance(residual, torch.Tensor):
+        residual_key = (residual.shape, residual.dtype, residual.device)
+    else:
+        return None
+    return (
+        x.shape,
+        x.stride(),
+        x.dtype,
+        x.device,
+        weight.shape,
+        weight.dtype,
+        weight.device,
+        bias_key,
+        residual_key,
+        stride,
+        groups,
+        activation,
+        backend,
+        _needs_grad(x, weight, bias, residual),
+    )
+
+
+def _plan(
+    x: object,
+    weight: object,
+    bias: object,
+    residual: object,
+    stride: object,
+    groups: object,
+    activation: object,
+    backend: object,
+) -> _Plan:
+    """Check every argument of a call and choose its kernel."""
+    _tensor("x", x)
+    _tensor("weight", weight)
+    _tensor("bias", bias, optional=True)
+    _tensor("residual", residual, optional=True)
+    x, weight = cast(torch.Tensor, x), cast(torch.Tensor, weight)
+    bias, residual = cast("torch.Tensor | None", bias), cast("torch.Tensor | None", residual)
+    _same_kind(x, weight, bias, residual)
+    strides = _checks.pair("stride", stride)
+    act = _checks.activation(activation)
+    _checks.choice("backend", backend, BACKENDS)
+    if bias is not None and bias.dim() != 1:
+        raise ValueError(
+            "Invalid value for argument `bias`. Expected a 1-D tensor of shape (K,). "
+            f"Received bias of shape {tuple(bias.shape)}."
+        )
+    geo = _checks.geometry(
+        x.shape,
+        weight.shape,
+        None if bias is None else bias.shape,
+        stride=strides,
+        groups=groups,
+    )
+    if residual is not None and residual.shape != geo.output_shape("NCHW"):
+        raise ValueError(
+            "Invalid value for argument `residual`. Expected the output's shape "
+            f"{geo.output_shape('NCHW')}. Received residual of shape {tuple(residual.shape)}."
+        )
+    xb = x if geo.batched else x.unsqueeze(0)
+    needs_grad = _needs_grad(x, weight, bias, residual)
+    return geo, strides, act, _pick_kernel(str(backend), xb, needs_grad, geo)
+
+
 def conv1x1(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -191,40 +321,17 @@ def conv1x1(
             conv1x1, operands, x, weight, bias, stride=stride, groups=groups,
             activation=activation, residual=residual, backend=backend,
         )  # fmt: skip
-    _tensor("x", x)
-    _tensor("weight", weight)
-    _tensor("bias", bias, optional=True)
-    _tensor("residual", residual, optional=True)
-    _same_kind(x, weight, bias, residual)
-    strides = _checks.pair("stride", stride)
-    act = _checks.activation(activation)
-    _checks.choice("backend", backend, BACKENDS)
-    if bias is not None and bias.dim() != 1:
-        raise ValueError(
-            "Invalid value for argument `bias`. Expected a 1-D tensor of shape (K,). "
-            f"Received bias of shape {tuple(bias.shape)}."
-        )
-    geo = _checks.geometry(
-        x.shape,
-        weight.shape,
-        None if bias is None else bias.shape,
-        stride=strides,
-        groups=groups,
-    )
-    if residual is not None and residual.shape != geo.output_shape("NCHW"):
-        raise ValueError(
-            "Invalid value for argument `residual`. Expected the output's shape "
-            f"{geo.output_shape('NCHW')}. Received residual of shape {tuple(residual.shape)}."
-        )
+    key = _signature(x, weight, bias, residual, stride, groups, activation, backend)
+    plan = _PLANS.get(key) if key is not None else None
+    if plan is None:
+        plan = _plan(x, weight, bias, residual, stride, groups, activation, backend)
+        if key is not None:
+            if len(_PLANS) >= _MAX_PLANS:
+                _PLANS.clear()
+            _PLANS[key] = plan
+    geo, strides, act, kernel = plan
     w2 = weight if weight.dim() == 2 else weight.reshape(weight.shape[0], weight.shape[1])
     xb = x if geo.batched else x.unsqueeze(0)
     rb = residual if residual is None or geo.batched else residual.unsqueeze(0)
-    needs_grad = torch.is_grad_enabled() and (
-        x.requires_grad
-        or weight.requires_grad
-        or (bias is not None and bias.requires_grad)
-        or (residual is not None and residual.requires_grad)
-    )
-    kernel = _pick_kernel(backend, xb, needs_grad, geo)
     y = kernel.conv1x1(xb, w2, bias, stride=strides, groups=geo.groups, activation=act, residual=rb)
     return y if geo.batched else y.squeeze(0)
