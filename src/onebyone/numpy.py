@@ -159,9 +159,13 @@ def _grouped_gemm(
     strided = sh > 1 or sw > 1
     if fmt == "NCHW":
         pixels = _as(xb[:, :, ::sh, ::sw] if strided else xb, acc)  # (N, C, H', W')
-        cols = pixels.reshape(n, g, cg, ho * wo)  # (N, g, C/g, P)
-        y = np.matmul(w_grouped, cols)  # (N, g, K/g, P)
+        if g == 1:  # a 2-D weight on a stack of (C, P) planes: measured faster than 4-D
+            y = np.matmul(w_grouped[0], pixels.reshape(n, c, ho * wo))  # (N, K, P)
+        else:
+            cols = pixels.reshape(n, g, cg, ho * wo)  # (N, g, C/g, P)
+            y = np.matmul(w_grouped, cols)  # (N, g, K/g, P)
         if ba is not None:
+            y = y.reshape(n, g, kg, ho * wo)
             y += _as(ba, acc).reshape(g, kg, 1)
         y = y.reshape(n, k, ho, wo)
     else:
