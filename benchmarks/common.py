@@ -7,10 +7,12 @@ of repeated runs after warm-up, and writes JSON under ``benchmarks/results/``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -50,19 +52,29 @@ def interleaved_medians(
     """Median seconds per provider, timed in interleaved rounds (one call of each per round),
     so a busy moment on the machine hits every provider alike.
 
-    The order rotates every round: a provider that always ran right after another
-    would always find the caches as that one left them (warm with the shared inputs,
-    or flushed by its temporaries)."""
+    The order changes every round so that each provider follows each other one
+    equally often: a provider that always ran right after another would always find
+    the caches as that one left them (warm with the shared inputs, or flushed by its
+    temporaries). Rotating one fixed order does not do this, since rotation keeps who
+    follows whom; so the rounds go through every permutation (up to four providers)
+    or through seeded random shuffles.
+    """
     for fn in providers.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in providers}
-    order = list(providers.items())
+    items = list(providers.items())
+    orders = list(itertools.permutations(items)) if len(items) <= 4 else None
+    shuffler = random.Random(0)
     start = time.perf_counter()
     rounds = 0
     while rounds < min_rounds or (time.perf_counter() - start < budget_s and rounds < 200):
-        shift = rounds % len(order)
-        for name, fn in order[shift:] + order[:shift]:
+        if orders is not None:
+            order = list(orders[rounds % len(orders)])
+        else:
+            order = items[:]
+            shuffler.shuffle(order)
+        for name, fn in order:
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
