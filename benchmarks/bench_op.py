@@ -6,7 +6,9 @@ MobileNetV2 and GoogLeNet at batch 1 and 8, plus odd shapes), fp32 on the CPU:
 1. NumPy: ``onebyone.numpy.conv1x1`` vs ``np.matmul`` on the same GEMM vs ``np.einsum``.
 2. PyTorch inference of conv + bias + folded-BN + residual + ReLU:
    ``onebyone.conv1x1`` vs the eager chain ``Conv2d -> BatchNorm2d -> add -> ReLU``,
-   in NCHW and channels-last.
+   in NCHW and channels-last. The share of the machine's peak it reaches is set
+   beside that of the bare convolution (the product alone, no epilogue, straight
+   into oneDNN, on a prepacked weight too): the ceiling for any op built on it.
 3. PyTorch training step (forward + backward): ``Conv1x1`` vs ``nn.Conv2d(k=1)``, and
    with an epilogue: ``Conv1x1(activation="relu")(x, residual=r)`` vs
    ``relu(Conv2d(x) + r)``.
@@ -53,7 +55,9 @@ def numpy_providers(layer: Layer) -> dict[str, Any]:
     ho, wo = layer.out_hw
     wg = w.reshape(g, layer.k // g, layer.c // g)  # (g, K/g, C/g)
 
-    def matmul() -> np.ndarray:
+    def matmul() -> np.ndarray:  # the faster form of np.matmul for each case
+        if g == 1:
+            return np.matmul(w, x[:, :, ::s, ::s].reshape(layer.batch, layer.c, ho * wo))
         cols = x[:, :, ::s, ::s].reshape(layer.batch, g, layer.c // g, ho * wo)
         return np.matmul(wg, cols)
 
@@ -94,14 +98,31 @@ def inference_providers(layer: Layer, fmt: torch.memory_format) -> dict[str, Any
         return lambda: obo.conv1x1(x, w, b, stride=layer.stride, groups=layer.groups,
                                    activation="relu", residual=r, backend=backend)  # fmt: skip
 
+    # The ceiling for the share of peak: the product alone, straight into oneDNN (no
+    # bias, no residual, no activation, no argument checks), also on a prepacked weight.
+    s, g = layer.stride, layer.groups
+    w4 = w.reshape(layer.k, -1, 1, 1)
+
+    def bare() -> torch.Tensor:
+        return torch.convolution(x, w4, None, (s, s), (0, 0), (1, 1), False, (0, 0), g)
+
     with torch.no_grad():
         torch.testing.assert_close(ours("auto")(), eager(), rtol=1e-3, atol=1e-3)
-    return {
+    providers = {
         "eager chain": eager,
         "onebyone": ours("auto"),
         "onebyone gemm": ours("gemm"),
         "onebyone onednn": ours("onednn"),
+        "bare convolution": bare,
     }
+    if fmt is torch.channels_last:  # a packed weight makes oneDNN write channels-last
+        packed = torch.ops.mkldnn._reorder_convolution_weight(
+            w4, [0, 0], [s, s], [1, 1], g, list(x.shape)
+        )
+        providers["bare packed convolution"] = lambda: torch.ops.mkldnn._convolution_pointwise(
+            x, packed, None, [0, 0], [s, s], [1, 1], g, "none", [], ""
+        )
+    return providers
 
 
 def training_providers(layer: Layer, fmt: torch.memory_format) -> dict[str, Any]:
@@ -241,6 +262,9 @@ def summarise(rows: list[dict[str, Any]], peak: float) -> dict[str, Any]:
     compute = [r for r in inference if r["compute_bound"]]
     slowest = min(inference, key=speedup)
     fractions = [2 * r["macs"] / r["times"]["onebyone"] / 1e9 / peak for r in compute]
+    bare = [min(t for p, t in r["times"].items() if p.startswith("bare")) for r in compute]
+    bare_fractions = [2 * r["macs"] / t / 1e9 / peak for r, t in zip(compute, bare, strict=True)]
+    of_bare = [t / r["times"]["onebyone"] for r, t in zip(compute, bare, strict=True)]
     out: dict[str, Any] = {
         "numpy_vs_matmul_median": float(np.median(ratios("numpy", "np.matmul", "onebyone.numpy"))),
         "numpy_vs_einsum_median": float(np.median(ratios("numpy", "np.einsum", "onebyone.numpy"))),
@@ -249,7 +273,21 @@ def summarise(rows: list[dict[str, Any]], peak: float) -> dict[str, Any]:
         "inference_slowest_layer": f"{slowest['layer']} {slowest['format']}",
         "compute_bound_layers": len(compute),
         "compute_bound_peak_fraction_median": float(np.median(fractions)) if fractions else None,
+        # the same for the faster bare convolution (the product alone), and onebyone's
+        # speed (with its epilogue) as a fraction of that bare convolution's
+        "compute_bound_bare_peak_fraction_median": (
+            float(np.median(bare_fractions)) if bare_fractions else None
+        ),
+        "compute_bound_onebyone_vs_bare_median": float(np.median(of_bare)) if of_bare else None,
     }
+    for batch in sorted({r["layer"].rsplit(" n", 1)[1] for r in compute}, key=int):
+        sel = [i for i, r in enumerate(compute) if r["layer"].endswith(f" n{batch}")]
+        out[f"compute_bound_peak_fraction_median_batch{batch}"] = float(
+            np.median([fractions[i] for i in sel])
+        )
+        out[f"compute_bound_bare_peak_fraction_median_batch{batch}"] = float(
+            np.median([bare_fractions[i] for i in sel])
+        )
     for fmt in FORMATS:
         sel = [r for r in inference if r["format"] == fmt]
         out[f"inference_speedup_geomean_{fmt}"] = geomean(
@@ -280,7 +318,7 @@ def print_tables(
         sel = [r for r in rows if r["section"] == section]
         if not sel:
             continue
-        providers = list(sel[0]["times"])
+        providers = list(dict.fromkeys(p for r in sel for p in r["times"]))
         table = Table(title=f"{section}: median ms (GFLOP/s, % of peak)", title_justify="left")
         table.add_column("layer")
         if section != "numpy":
@@ -290,6 +328,9 @@ def print_tables(
         for r in sel:
             cells = [r["layer"]] + ([r["format"]] if section != "numpy" else [])
             for p in providers:
+                if p not in r["times"]:
+                    cells.append("-")
+                    continue
                 t = r["times"][p]
                 gf = 2 * r["macs"] / t / 1e9 * (3 if section.startswith("training") else 1)
                 cells.append(f"{t * 1e3:.3f} ({gf:.0f}, {100 * gf / peak:.0f}%)")
