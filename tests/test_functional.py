@@ -193,7 +193,9 @@ def test_grouped_is_concat_of_per_group():
     assert_close(obo.conv1x1(x, wt, b, groups=3), torch.cat(parts, dim=1))
 
 
-def test_auto_picks_the_kernel_by_layout_shape_grad_and_dtype(monkeypatch):
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """The names of the kernels that ``conv1x1`` calls, in order."""
     calls = []
     for name, module in functional._KERNELS.items():
         original = module.conv1x1
@@ -203,6 +205,10 @@ def test_auto_picks_the_kernel_by_layout_shape_grad_and_dtype(monkeypatch):
             return _original(*args, **kwargs)
 
         monkeypatch.setattr(module, "conv1x1", spy)
+    return calls
+
+
+def test_auto_picks_the_kernel_by_layout_shape_grad_and_dtype(kernel_calls):
     thin = make(1, 6, 4, 3, 3, 1)  # a weight of 24 values
     wide = make(1, 256, 160, 28, 28, 1)  # 160 filters, 256 input channels
     large_map = make(1, 96, 64, 28, 28, 1)  # 64 filters, but on 784 pixels
@@ -217,7 +223,7 @@ def test_auto_picks_the_kernel_by_layout_shape_grad_and_dtype(monkeypatch):
     x, wt, b = thin
     obo.conv1x1(x, wt.requires_grad_(), b)
     obo.conv1x1(x.double(), wt.detach().double(), b.double())
-    assert calls == [
+    assert kernel_calls == [
         "gemm",  # NCHW inference of a thin product: MKL on the planes, no reorder
         "onednn",  # NCHW inference, wide on both sides
         "onednn",  # NCHW inference, thin on a large map
@@ -228,16 +234,7 @@ def test_auto_picks_the_kernel_by_layout_shape_grad_and_dtype(monkeypatch):
     ]
 
 
-def test_a_remembered_call_decides_again_when_layout_grad_or_arguments_change(monkeypatch):
-    calls = []
-    for name, module in functional._KERNELS.items():
-        original = module.conv1x1
-
-        def spy(*args, _name=name, _original=original, **kwargs):
-            calls.append(_name)
-            return _original(*args, **kwargs)
-
-        monkeypatch.setattr(module, "conv1x1", spy)
+def test_a_remembered_call_decides_again_when_layout_grad_or_arguments_change(kernel_calls):
     x, wt, b = make(1, 6, 4, 3, 3, 1)  # thin: NCHW inference runs the GEMM
     r = torch.randn(1, 4, 3, 3)
     with torch.no_grad():
@@ -246,7 +243,7 @@ def test_a_remembered_call_decides_again_when_layout_grad_or_arguments_change(mo
         obo.conv1x1(x.to(memory_format=torch.channels_last), wt, b, residual=r)
     xg = x.clone().requires_grad_()
     y = obo.conv1x1(xg, wt, b, residual=r)
-    assert calls == ["gemm", "gemm", "onednn", "onednn"]
+    assert kernel_calls == ["gemm", "gemm", "onednn", "onednn"]
     y.sum().backward()
     assert_close(xg.grad, wt.sum(0)[None, :, None, None].expand(1, 6, 3, 3))
     with torch.no_grad():
