@@ -419,6 +419,17 @@ def test_packed_weight_cache_dies_with_its_weight(always_pack):
     assert key not in onednn._PACKED
 
 
+def test_records_grad_asks_grad_mode_and_every_given_tensor():
+    from onebyone.kernels.epilogue import records_grad
+
+    plain, leaf = torch.ones(2), torch.ones(2, requires_grad=True)
+    assert not records_grad(plain, None, plain)
+    assert records_grad(plain, None, leaf)
+    assert not records_grad()
+    with torch.no_grad():
+        assert not records_grad(leaf)
+
+
 @pytest.mark.parametrize("activation", list(ACTS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 def test_add_then_activate_computes_act_of_the_sum(activation, dtype):

@@ -15,6 +15,7 @@ from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 from onebyone import _checks
 from onebyone.kernels import gemm, onednn
+from onebyone.kernels.epilogue import records_grad
 
 __all__ = ["BACKENDS", "BackendUnavailableError", "conv1x1"]
 
@@ -144,20 +145,6 @@ def _pick_kernel(
     return gemm
 
 
-def _needs_grad(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    residual: torch.Tensor | None,
-) -> bool:
-    return torch.is_grad_enabled() and (
-        x.requires_grad
-        or weight.requires_grad
-        or (bias is not None and bias.requires_grad)
-        or (residual is not None and residual.requires_grad)
-    )
-
-
 # One validated call per signature: its geometry, normalised stride and activation,
 # and kernel. A layer calls with the same signature every time, so the checks and the
 # kernel choice run once; what they read (shapes, strides, dtypes, devices, whether
@@ -226,7 +213,7 @@ def _signature(
         groups,
         activation,
         backend,
-        _needs_grad(x, weight, bias, residual),
+        records_grad(x, weight, bias, residual),
     )
 
 
@@ -269,7 +256,7 @@ def _plan(
             f"{geo.output_shape('NCHW')}. Received residual of shape {tuple(residual.shape)}."
         )
     xb = x if geo.batched else x.unsqueeze(0)
-    needs_grad = _needs_grad(x, weight, bias, residual)
+    needs_grad = records_grad(x, weight, bias, residual)
     return geo, strides, act, _pick_kernel(str(backend), xb, needs_grad, geo)
 
 

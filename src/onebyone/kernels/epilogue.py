@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LEAKY_RELU_SLOPE", "add_then_activate_", "apply_activation"]
+__all__ = ["LEAKY_RELU_SLOPE", "add_then_activate_", "apply_activation", "records_grad"]
 
 LEAKY_RELU_SLOPE = 0.01
 """Negative slope of ``"leaky_relu"`` (PyTorch's default)."""
@@ -54,3 +54,15 @@ def add_then_activate_(y: torch.Tensor, addend: torch.Tensor, name: str | None) 
     if name == "relu" and y.dtype == torch.float32 and y.device.type == "cpu":
         return torch._add_relu_(y, addend)
     return apply_activation(y.add_(addend), name, inplace=True)
+
+
+def records_grad(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd records an op on these tensors (``None`` entries are skipped):
+    grad mode is on and at least one of them requires grad. Where it does not, the
+    epilogue may overwrite the fresh output in place."""
+    if not torch.is_grad_enabled():
+        return False
+    for t in tensors:  # noqa: SIM110 (a loop: half the cost of any() on a generator)
+        if t is not None and t.requires_grad:
+            return True
+    return False

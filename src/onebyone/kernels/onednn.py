@@ -26,7 +26,12 @@ from typing import Any
 
 import torch
 
-from onebyone.kernels.epilogue import LEAKY_RELU_SLOPE, add_then_activate_, apply_activation
+from onebyone.kernels.epilogue import (
+    LEAKY_RELU_SLOPE,
+    add_then_activate_,
+    apply_activation,
+    records_grad,
+)
 from onebyone.kernels.gemm import is_channels_last
 
 __all__ = [
@@ -242,12 +247,7 @@ def conv1x1(
     """
     k, cg = weight.shape
     w4 = weight.reshape(k, cg, 1, 1)  # (K, C/g) -> (K, C/g, 1, 1), a view
-    if torch.is_grad_enabled() and (
-        x.requires_grad
-        or weight.requires_grad
-        or (bias is not None and bias.requires_grad)
-        or (residual is not None and residual.requires_grad)
-    ):
+    if records_grad(x, weight, bias, residual):
         # Training: ATen's convolution and epilogue under PyTorch's C++ autograd measured
         # faster on the CPU than a Python autograd.Function around the fused op.
         y = torch.convolution(x, w4, bias, stride, (0, 0), (1, 1), False, (0, 0), groups)

@@ -55,7 +55,7 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from onebyone.kernels import gemm
-from onebyone.kernels.epilogue import LEAKY_RELU_SLOPE
+from onebyone.kernels.epilogue import LEAKY_RELU_SLOPE, records_grad
 
 __all__ = ["INTERPRETED", "TritonConv1x1", "conv1x1", "unsupported"]
 
@@ -800,8 +800,7 @@ def conv1x1(
         return gemm.conv1x1(
             x, weight, bias, stride=stride, groups=groups, activation=activation, residual=residual
         )
-    tensors = (x, weight, bias, residual)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+    if records_grad(x, weight, bias, residual):
         out: torch.Tensor = TritonConv1x1.apply(
             x, weight, bias, residual, stride, groups, activation
         )
