@@ -92,6 +92,22 @@ def test_fused_modules_train_and_run_float64_through_pytorch(cls: type) -> None:
     assert x.grad is not None and fused.weight.grad is not None
 
 
+@pytest.mark.parametrize("cls", [FusedConv2d, FusedConv1x1])
+@pytest.mark.parametrize("prepack", [False, True])
+def test_a_trainable_bias_alone_still_gets_its_gradient(cls: type, prepack: bool) -> None:
+    conv = nn.Conv2d(4, 3, 1) if cls is FusedConv1x1 else nn.Conv2d(4, 3, 3, padding=1)
+    make = cls.from_module if cls is FusedConv1x1 else cls.from_conv
+    fused = make(conv, activation="relu")
+    fused.prepack(prepack)
+    fused.weight.requires_grad_(False)  # a frozen weight, a trainable bias
+    x = torch.randn(1, 4, 5, 5)
+    y = fused(x)
+    torch.testing.assert_close(y, _reference(conv, x, "relu", "before", None))
+    y.sum().backward()
+    expected = (y > 0).sum(dim=(0, 2, 3)).to(y.dtype)  # d sum(relu(z)) / d bias
+    torch.testing.assert_close(fused.bias.grad, expected)
+
+
 def test_residual_of_another_shape_is_broadcast() -> None:
     conv = nn.Conv2d(3, 4, 3, padding=1)
     r = torch.randn(1, 4, 1, 1)

@@ -24,7 +24,7 @@ from torch.nn.utils import skip_init
 from onebyone import _checks
 from onebyone.functional import conv1x1
 from onebyone.kernels import onednn
-from onebyone.kernels.epilogue import apply_activation
+from onebyone.kernels.epilogue import apply_activation, records_grad
 from onebyone.kernels.gemm import is_channels_last
 from onebyone.nn.conv import Conv1x1
 from onebyone.transforms._fx import register_leaf
@@ -62,11 +62,7 @@ class _OneDNNEpilogue:
         """Whether oneDNN's fused convolution can compute this call."""
         if x.dim() != 4 or x.dtype != self.weight.dtype:
             return False
-        needs_grad = torch.is_grad_enabled() and (
-            x.requires_grad
-            or self.weight.requires_grad
-            or (residual is not None and residual.requires_grad)
-        )
+        needs_grad = records_grad(x, self.weight, self.bias, residual)
         # the direct oneDNN calls below have no autograd: training runs the PyTorch ops
         if needs_grad or onednn.unsupported(x, needs_grad) is not None:
             return False
