@@ -162,3 +162,12 @@ def test_remembered_shapes_do_not_let_bad_arguments_through(op):
         op(stride=(1, True))
     with pytest.raises(ValueError, match=r"argument `weight`.*6 input channels"):
         op(weight=np.ones((4, 5), dtype=np.float32) if op is numpy_op else torch.ones(4, 5))
+
+
+def test_a_full_cache_is_emptied_before_it_takes_a_new_entry():
+    from onebyone._checks import remember
+
+    cache = {"a": 1, "b": 2}
+    assert remember(cache, "c", 3, limit=3) == 3 and cache == {"a": 1, "b": 2, "c": 3}
+    remember(cache, "d", 4, limit=3)
+    assert cache == {"d": 4}

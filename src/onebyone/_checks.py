@@ -12,8 +12,8 @@ Python values so the NumPy op and the PyTorch op share them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Hashable, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 ACTIVATIONS: tuple[str, ...] = (
     "relu",
@@ -155,6 +155,18 @@ class ConvGeometry(NamedTuple):
         return (self.batch, *shape) if self.batched else shape
 
 
+_V = TypeVar("_V")
+
+
+def remember(cache: dict[Any, _V], key: Hashable, value: _V, limit: int) -> _V:
+    """Store ``value`` under ``key`` and return it; a cache that holds ``limit``
+    entries is emptied first (layers repeat a few signatures, so it rarely fills)."""
+    if len(cache) >= limit:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
 _GEOMETRIES: dict[tuple[object, ...], ConvGeometry] = {}
 _MAX_GEOMETRIES = 512
 
@@ -187,9 +199,7 @@ def geometry(
     geo = _GEOMETRIES.get(key)
     if geo is None:
         geo = _geometry(x_shape, weight_shape, bias_shape, stride, groups, data_format)
-        if len(_GEOMETRIES) >= _MAX_GEOMETRIES:
-            _GEOMETRIES.clear()
-        _GEOMETRIES[key] = geo
+        remember(_GEOMETRIES, key, geo, _MAX_GEOMETRIES)
     return geo
 
 

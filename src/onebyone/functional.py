@@ -313,9 +313,7 @@ def conv1x1(
     if plan is None:
         plan = _plan(x, weight, bias, residual, stride, groups, activation, backend)
         if key is not None:
-            if len(_PLANS) >= _MAX_PLANS:
-                _PLANS.clear()
-            _PLANS[key] = plan
+            _checks.remember(_PLANS, key, plan, _MAX_PLANS)
     geo, strides, act, kernel = plan
     w2 = weight if weight.dim() == 2 else weight.reshape(weight.shape[0], weight.shape[1])
     xb = x if geo.batched else x.unsqueeze(0)

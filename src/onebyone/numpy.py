@@ -93,9 +93,7 @@ def conv1x1(
     if plan is None:
         plan = _plan(xa, wa, ba, stride, groups, data_format)
         if key is not None:
-            if len(_PLANS) >= _MAX_PLANS:
-                _PLANS.clear()
-            _PLANS[key] = plan
+            _checks.remember(_PLANS, key, plan, _MAX_PLANS)
     geo, fmt, strides, acc, out_dtype = plan
     with np.errstate(invalid="ignore"):  # NaN/Inf inputs propagate, as in nn.Conv2d
         y = _grouped_gemm(xa if geo.batched else xa[np.newaxis], wa, ba, geo, fmt, strides, acc)

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from onebyone._checks import remember
 from onebyone.kernels.epilogue import (
     LEAKY_RELU_SLOPE,
     add_then_activate_,
@@ -139,12 +140,10 @@ def packed_weight(
     entries = _cache_of(owner)
     packed = entries.get(key)
     if packed is None:
-        if len(entries) >= _MAX_PACKED_PER_WEIGHT:
-            entries.clear()
         packed = torch.ops.mkldnn._reorder_convolution_weight(
             w4.detach(), list(padding), list(stride), list(dilation), groups, list(x.shape)
         )
-        entries[key] = packed
+        remember(entries, key, packed, _MAX_PACKED_PER_WEIGHT)
     return packed
 
 
