@@ -23,8 +23,12 @@ def _seed() -> None:
 
 @pytest.fixture
 def always_pack(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Let the oneDNN kernel pack weights of any size (it skips products under 2^21
-    multiply-adds), so the packed-weight cache can be tested on small layers."""
-    from onebyone.kernels import onednn
+    """Let frozen models pack weights of any size (products under
+    ``packing_min_macs`` multiply-adds never pack), so packing is tested on small layers."""
+    import dataclasses
 
-    monkeypatch.setattr(onednn, "_PACKING_MIN_MACS", 0)
+    from onebyone.kernels import routing
+
+    monkeypatch.setattr(
+        routing, "THRESHOLDS", dataclasses.replace(routing.THRESHOLDS, packing_min_macs=0)
+    )

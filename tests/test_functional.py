@@ -14,7 +14,8 @@ from hypothesis import given, settings
 import onebyone as obo
 import onebyone.numpy as onp
 from onebyone import functional
-from onebyone.kernels import onednn
+from onebyone.kernels import onednn, routing
+from onebyone.nn import Conv1x1
 
 from helpers import ACTS, TOLERANCES, assert_close
 
@@ -197,7 +198,7 @@ def test_grouped_is_concat_of_per_group():
 def kernel_calls(monkeypatch):
     """The names of the kernels that ``conv1x1`` calls, in order."""
     calls = []
-    for name, module in functional._KERNELS.items():
+    for name, module in routing._KERNELS.items():
         original = module.conv1x1
 
         def spy(*args, _name=name, _original=original, **kwargs):
@@ -297,37 +298,32 @@ def test_onednn_training_updates_only_requested_gradients():
     assert w.grad is not None and x.grad is None and b.grad is None
 
 
-def test_packed_weights_follow_in_place_updates(always_pack):
-    """Channels-last inference packs the weight once; writing to it must not serve stale results."""
-    x = torch.randn(1, 16, 2, 2).to(memory_format=torch.channels_last)  # 4 pixels < 8 filters
-    w = torch.randn(8, 16)
+@pytest.mark.parametrize("write", ["data", "numpy", "in_place"])
+def test_a_changed_weight_is_never_served_stale(write):
+    """Writes through ``.data`` or NumPy bump no version counter: the op keeps no copy of
+    a weight, so every call reads the weight as it is (here one whose packing would pay:
+    2048 filters on 4 output pixels)."""
+    layer = Conv1x1(256, 2048, bias=False).eval()
+    x = torch.randn(1, 256, 2, 2).to(memory_format=torch.channels_last)
     with torch.no_grad():
-        first = obo.conv1x1(x, w, backend="onednn")
-        assert id(w) in onednn._PACKED
-        w.mul_(2)  # an in-place update, as an optimizer step makes
-        second = obo.conv1x1(x, w, backend="onednn")
-        assert_close(second, 2 * first)
-        w4 = torch.randn(8, 16, 1, 1)
-        y_view = obo.conv1x1(x, w4, backend="onednn")  # 4-D weight: a new view each call
-        w4[:4].zero_()
-        assert_close(obo.conv1x1(x, w4, backend="onednn")[:, 4:], y_view[:, 4:])
-        assert (obo.conv1x1(x, w4, backend="onednn")[:, :4] == 0).all()
-        big = torch.randn(16, 16)
-        top, bottom = (
-            obo.conv1x1(x, big[:8], backend="onednn"),
-            obo.conv1x1(x, big[8:], backend="onednn"),
-        )
-        assert_close(top, F.conv2d(x, big[:8, :, None, None]))
-        assert_close(bottom, F.conv2d(x, big[8:, :, None, None]))
+        first = layer(x)
+        if write == "data":
+            layer.weight.data.mul_(2)
+        elif write == "numpy":
+            layer.weight.detach().numpy()[...] *= 2
+        else:
+            layer.weight.mul_(2)
+        second = layer(x)
+    assert_close(second, 2 * first)
 
 
 @pytest.mark.parametrize("activation", [None, "relu", "silu"])
 @pytest.mark.parametrize("with_residual", [False, True])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_onednn_inference_routes_agree(activation, with_residual, channels_last):
-    """Channels-last inference packs the weight only when it outweighs the output
-    pixels (K/g > N*H'*W') in a product of at least 2^21 multiply-adds; NCHW never
-    packs. Every route computes the same thing and keeps the caller's layout."""
+    """Every inference route computes the same thing and keeps the caller's layout; the
+    packing rule (weights that outweigh the output pixels, K/g > N*H'*W', in products of
+    at least 2^21 multiply-adds) is what frozen models use."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     for n, c, k, h, stride, groups, packs in [
         (1, 512, 1024, 4, 2, 1, True),  # 1024 filters, 4 output pixels: 2^21 MACs
@@ -339,20 +335,19 @@ def test_onednn_inference_routes_agree(activation, with_residual, channels_last)
         x = x.to(memory_format=fmt)
         ho = -(-h // stride)
         r = torch.randn(n, k, ho, ho).to(memory_format=fmt) if with_residual else None
-        assert onednn.packing_pays(k // groups, c // groups, n * ho * ho) is packs
+        assert routing.packing_pays(k // groups, c // groups, n * ho * ho) is packs
         with torch.no_grad():
             y = obo.conv1x1(
                 x, wt, b, stride=stride, groups=groups, activation=activation, residual=r,
                 backend="onednn",
             )  # fmt: skip
-        assert (id(wt) in onednn._PACKED) is (packs and channels_last)
         assert y.is_contiguous(memory_format=fmt)
         assert_close(y, reference(x, wt, b, stride, groups, activation, r))
 
 
 def test_auto_falls_back_with_one_warning(monkeypatch):
     monkeypatch.setattr(onednn, "is_available", lambda: False)
-    monkeypatch.setattr(functional, "_warned_fallback", False)
+    monkeypatch.setattr(routing, "_warned", set())
     monkeypatch.setattr(functional, "_PLANS", {})  # plans made with oneDNN at hand
     x, wt, b = make(1, 6, 4, 3, 3, 1)
     with warnings.catch_warnings(record=True) as caught:
@@ -401,22 +396,6 @@ def test_torch_compile_traces_without_graph_breaks(grad):
     with torch.set_grad_enabled(grad):
         explanation = dynamo.explain(model)(torch.randn(1, 8, 4, 4))
     assert explanation.graph_break_count == 0, explanation.break_reasons
-
-
-def test_packed_weight_cache_dies_with_its_weight(always_pack):
-    import gc
-
-    from onebyone.kernels import onednn
-
-    x = torch.randn(1, 8, 3, 3).to(memory_format=torch.channels_last)
-    w = torch.randn(16, 8)  # more filters than pixels: packing pays
-    with torch.no_grad():
-        obo.conv1x1(x, w, backend="onednn")
-    assert id(w) in onednn._PACKED
-    key = id(w)
-    del w
-    gc.collect()
-    assert key not in onednn._PACKED
 
 
 def test_records_grad_asks_grad_mode_and_every_given_tensor():

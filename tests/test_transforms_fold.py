@@ -93,9 +93,9 @@ def test_conv_bn_relu_folds_for_every_geometry(
 )
 def test_other_layers_fold(conv: nn.Module, bn: nn.Module, shape: tuple[int, ...]) -> None:
     model = randomize_norms(nn.Sequential(conv, bn))
-    folded = obo.fold_batchnorm(model)
-    assert type(folded[0]) is type(conv) and _norms(folded) == 0
     x = torch.randn(shape)
+    folded = obo.fold_batchnorm(model, x)
+    assert type(folded[0]) is type(conv) and _norms(folded) == 0
     assert obo.verify(model, folded, x).max_rel < 1e-5
 
 
@@ -227,3 +227,38 @@ def test_every_builtin_model_folds_exactly(name: str) -> None:
     assert report.count == _norms(model)
     assert obo.verify(model, folded, x).ok
     assert_unchanged(model, before)
+
+
+class _SharedNorm(nn.Module):
+    """One batch norm after two convolutions: ``bn(c1(x)) * bn(c2(x))``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.c2 = nn.Conv2d(3, 6, 1, bias=False)
+        self.bn = nn.BatchNorm2d(6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.c1(x)) * self.bn(self.c2(x))
+
+
+def test_a_norm_shared_by_two_convolutions_folds_into_each() -> None:
+    model = randomize_norms(_SharedNorm())
+    x = torch.randn(2, 3, 7, 7)
+    folded, report = obo.fold_batchnorm(model, with_report=True)
+    assert report.count == 2
+    assert obo.verify(model, folded, x).max_rel < 1e-5
+    fused = obo.fuse_epilogues(model)
+    assert obo.verify(model, fused, x).max_rel < 1e-5
+
+
+def test_linear_then_batchnorm1d_without_an_example_is_left_alone() -> None:
+    # the Linear's output layout decides foldability: (N, F) folds, (N, C, L) does not
+    model = randomize_norms(nn.Sequential(nn.Linear(5, 5), nn.BatchNorm1d(5)))
+    folded, report = obo.fold_batchnorm(model, with_report=True)
+    assert report.count == 0
+    assert "example_input" in report.skipped[0][1]
+    x = torch.randn(2, 5, 5)  # (N, C, L): folding would be wrong by about 1
+    assert obo.verify(model, folded, x).max_abs == 0.0
+    folded_2d = obo.fold_batchnorm(model, torch.randn(3, 5))
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in folded_2d.modules()) == 0

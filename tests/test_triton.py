@@ -32,7 +32,8 @@ from hypothesis import given, settings
 
 import onebyone as obo
 import onebyone.numpy as onp
-from onebyone import _checks, functional
+from onebyone import geometry
+from onebyone.kernels import routing
 from onebyone.kernels import triton as tk
 
 from helpers import ACTS, TOLERANCES, assert_close
@@ -271,18 +272,18 @@ def test_empty_inputs():
 
 def test_auto_never_picks_triton_for_cpu_tensors():
     x = torch.randn(1, 4, 3, 3)
-    geo = _checks.geometry(x.shape, (5, 4), None, stride=(1, 1), groups=1)
-    assert functional._pick_kernel("auto", x, True, geo) is not tk
-    assert functional._pick_kernel("auto", x, False, geo) is not tk
-    assert functional._pick_kernel("triton", x.to(DEVICE), True, geo) is tk
+    geo = geometry.geometry(x.shape, (5, 4), None, stride=(1, 1), groups=1)
+    assert routing.choose("auto", x, True, geo) is not tk
+    assert routing.choose("auto", x, False, geo) is not tk
+    assert routing.choose("triton", x.to(DEVICE), True, geo) is tk
 
 
 @needs_cuda
 def test_auto_picks_triton_on_cuda():
     x = torch.randn(1, 4, 3, 3, device="cuda")
-    geo = _checks.geometry(x.shape, (5, 4), None, stride=(1, 1), groups=1)
-    assert functional._pick_kernel("auto", x, True, geo) is tk
-    assert functional._pick_kernel("auto", x, False, geo) is tk
+    geo = geometry.geometry(x.shape, (5, 4), None, stride=(1, 1), groups=1)
+    assert routing.choose("auto", x, True, geo) is tk
+    assert routing.choose("auto", x, False, geo) is tk
 
 
 def test_float32_uses_tf32_only_when_matmul_may():

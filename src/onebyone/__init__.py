@@ -8,9 +8,9 @@ torch.Size([1, 32, 8, 8])
 from importlib.metadata import PackageNotFoundError, version
 
 from onebyone import models, nn, numpy, transforms
-from onebyone._checks import ACTIVATIONS
+from onebyone.activations import ACTIVATIONS
 from onebyone.cost import CONVENTION, Cost, conv_cost
-from onebyone.functional import BACKENDS, BackendUnavailableError, conv1x1
+from onebyone.functional import BACKENDS, BackendUnavailableError, conv1x1, decompositions
 from onebyone.models import create_model, list_models
 from onebyone.profiling import MachinePeak, Profile, machine_peak, profile
 from onebyone.transforms import (
@@ -50,6 +50,7 @@ __all__ = [
     "conv_cost",
     "convert_weight",
     "create_model",
+    "decompositions",
     "fold_batchnorm",
     "fuse_epilogues",
     "list_models",

@@ -13,19 +13,7 @@ Python values so the NumPy op and the PyTorch op share them.
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from typing import Any, NamedTuple, TypeVar
-
-ACTIVATIONS: tuple[str, ...] = (
-    "relu",
-    "relu6",
-    "leaky_relu",
-    "silu",
-    "gelu",
-    "hardswish",
-    "sigmoid",
-    "tanh",
-)
-"""Activation names accepted by every fused epilogue (``None`` means identity)."""
+from typing import Any, TypeVar
 
 DATA_FORMATS: tuple[str, ...] = ("NCHW", "NHWC")
 
@@ -87,20 +75,6 @@ def pair(argument: str, value: object) -> tuple[int, int]:
     raise invalid(argument, "a positive int or a pair of positive ints", value, kind=TypeError)
 
 
-def activation(value: object) -> str | None:
-    """Validate an activation name; ``None`` means no activation."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise invalid(
-            "activation", f"None or one of {', '.join(ACTIVATIONS)}", value, kind=TypeError
-        )
-    name = value.lower()
-    if name not in ACTIVATIONS:
-        raise invalid("activation", f"None or one of {', '.join(ACTIVATIONS)}", value)
-    return name
-
-
 def data_format(value: object) -> str:
     """Validate ``data_format`` (``"NCHW"`` or ``"NHWC"``, any case)."""
     if not isinstance(value, str) or value.upper() not in DATA_FORMATS:
@@ -128,33 +102,6 @@ def channels(in_channels: object, out_channels: object, groups: object) -> tuple
     return c, k, g
 
 
-class ConvGeometry(NamedTuple):
-    """The sizes of one pointwise convolution, derived from validated shapes.
-
-    ``batched`` is False for an unbatched ``(C, H, W)`` input; the sizes then
-    describe it with ``batch == 1``. (A NamedTuple: built on every call, and
-    cheaper to build than a dataclass.)
-    """
-
-    batch: int
-    in_channels: int
-    out_channels: int
-    groups: int
-    height: int
-    width: int
-    out_height: int
-    out_width: int
-    batched: bool
-
-    def output_shape(self, data_format: str) -> tuple[int, ...]:
-        """The output shape in ``data_format``, unbatched if the input was."""
-        if data_format == "NCHW":
-            shape: tuple[int, ...] = (self.out_channels, self.out_height, self.out_width)
-        else:
-            shape = (self.out_height, self.out_width, self.out_channels)
-        return (self.batch, *shape) if self.batched else shape
-
-
 _V = TypeVar("_V")
 
 
@@ -165,106 +112,3 @@ def remember(cache: dict[Any, _V], key: Hashable, value: _V, limit: int) -> _V:
         cache.clear()
     cache[key] = value
     return value
-
-
-_GEOMETRIES: dict[tuple[object, ...], ConvGeometry] = {}
-_MAX_GEOMETRIES = 512
-
-
-def geometry(
-    x_shape: Sequence[int],
-    weight_shape: Sequence[int],
-    bias_shape: Sequence[int] | None,
-    *,
-    stride: tuple[int, int],
-    groups: object,
-    data_format: str = "NCHW",
-) -> ConvGeometry:
-    """Check the shapes of a pointwise convolution and return its sizes.
-
-    Args:
-        x_shape: ``(N, C, H, W)`` or ``(C, H, W)`` (``NHWC``: ``(N, H, W, C)`` or ``(H, W, C)``).
-        weight_shape: ``(K, C/groups)`` or ``(K, C/groups, 1, 1)``.
-        bias_shape: ``(K,)`` or ``None``.
-        stride: normalised ``(sh, sw)``.
-        groups: number of channel groups.
-        data_format: ``"NCHW"`` or ``"NHWC"``.
-
-    Shapes that passed once are remembered (a layer sees the same ones on every
-    call); only a plain ``int`` groups is, so a bool or a float is always refused.
-    """
-    if type(groups) is not int:
-        return _geometry(x_shape, weight_shape, bias_shape, stride, groups, data_format)
-    key = (x_shape, weight_shape, bias_shape, stride, groups, data_format)
-    geo = _GEOMETRIES.get(key)
-    if geo is None:
-        geo = _geometry(x_shape, weight_shape, bias_shape, stride, groups, data_format)
-        remember(_GEOMETRIES, key, geo, _MAX_GEOMETRIES)
-    return geo
-
-
-def _geometry(
-    x_shape: Sequence[int],
-    weight_shape: Sequence[int],
-    bias_shape: Sequence[int] | None,
-    stride: tuple[int, int],
-    groups: object,
-    data_format: str,
-) -> ConvGeometry:
-    g = positive_int("groups", groups)
-    layout = "(N, C, H, W) or (C, H, W)" if data_format == "NCHW" else "(N, H, W, C) or (H, W, C)"
-    if len(x_shape) not in (3, 4):
-        raise ValueError(
-            f"Invalid value for argument `x`. Expected a 3-D or 4-D array {layout}. "
-            f"Received x of shape {tuple(x_shape)}."
-        )
-    batched = len(x_shape) == 4
-    full = tuple(x_shape) if batched else (1, *x_shape)
-    if data_format == "NCHW":
-        n, c, h, w = full
-    else:
-        n, h, w, c = full
-    if len(weight_shape) == 4:
-        if tuple(weight_shape[2:]) != (1, 1):
-            raise ValueError(
-                "Invalid value for argument `weight`. Expected a 2-D (K, C/groups) or "
-                f"4-D (K, C/groups, 1, 1) weight. Received weight of shape {tuple(weight_shape)}."
-            )
-    elif len(weight_shape) != 2:
-        raise ValueError(
-            "Invalid value for argument `weight`. Expected a 2-D (K, C/groups) or "
-            f"4-D (K, C/groups, 1, 1) weight. Received weight of shape {tuple(weight_shape)}."
-        )
-    k, cg = int(weight_shape[0]), int(weight_shape[1])
-    if c % g:
-        raise invalid("groups", f"a divisor of the input's {c} channels", groups)
-    if k % g:
-        raise invalid("groups", f"a divisor of the weight's {k} output channels", groups)
-    if cg * g != c:
-        raise ValueError(
-            f"Invalid value for argument `weight`. Expected {c // g} input channels per group "
-            f"(x has {c} channels, groups={g}), i.e. shape ({k}, {c // g}). "
-            f"Received weight of shape {tuple(weight_shape)}."
-        )
-    if k == 0:
-        raise ValueError(
-            "Invalid value for argument `weight`. Expected at least one output channel. "
-            f"Received weight of shape {tuple(weight_shape)}."
-        )
-    if bias_shape is not None and tuple(bias_shape) != (k,):
-        raise ValueError(
-            f"Invalid value for argument `bias`. Expected shape ({k},), one value per output "
-            f"channel. Received bias of shape {tuple(bias_shape)}."
-        )
-    sh, sw = stride
-    return ConvGeometry(
-        batch=n,
-        in_channels=c,
-        out_channels=k,
-        groups=g,
-        height=h,
-        width=w,
-        out_height=-(-h // sh),
-        out_width=-(-w // sw),
-        batched=batched,
-    )

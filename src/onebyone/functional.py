@@ -1,45 +1,38 @@
 """The PyTorch pointwise convolution: validation, epilogue, autograd, dispatch.
 
-``conv1x1`` checks its arguments (once per call signature), then hands a batched ``(N, C, H, W)``
-input and a 2-D ``(K, C/g)`` weight to one kernel of ``onebyone.kernels``.
+``conv1x1`` checks its arguments (once per call signature), then hands a batched
+``(N, C, H, W)`` input and a 2-D ``(K, C/g)`` weight to the kernel that
+``kernels.routing.choose`` picks.
+
+The op is also registered with ``torch.library`` as ``torch.ops.onebyone.conv1x1``
+(a fake implementation for symbolic shapes, autograd, a FLOP formula for
+``torch.utils.flop_counter`` and a decomposition into ``aten.convolution`` plus
+the epilogue for exporters). Eager calls on real tensors keep a direct path
+(the dispatcher's round trip costs more than the checks); tracing, export,
+``torch.compile`` and dispatch modes see the registered op.
 """
 
 from __future__ import annotations
 
-import warnings
+from collections.abc import Callable, Sequence
 from types import ModuleType
-from typing import cast
+from typing import Any, cast
 
 import torch
+from torch import nn
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
-from onebyone import _checks
-from onebyone.kernels import gemm, onednn
+from onebyone import _checks, activations, geometry
+from onebyone.activations import TABLE
+from onebyone.kernels import routing
 from onebyone.kernels.epilogue import records_grad
+from onebyone.kernels.gemm import is_channels_last
+from onebyone.kernels.routing import BACKENDS, BackendUnavailableError
 
-__all__ = ["BACKENDS", "BackendUnavailableError", "conv1x1"]
+__all__ = ["BACKENDS", "BackendUnavailableError", "conv1x1", "decompositions"]
 
-BACKENDS: tuple[str, ...] = ("auto", "gemm", "onednn", "triton")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_KERNELS: dict[str, ModuleType] = {"gemm": gemm, "onednn": onednn}  # "triton": on first use
-_warned_fallback = False
-_warned_no_triton = False
-
-
-def _kernel(backend: str) -> ModuleType | str:
-    """The kernel module of ``backend``, or why it cannot be loaded (Triton is optional)."""
-    if backend in _KERNELS:
-        return _KERNELS[backend]
-    try:  # imported lazily: `import onebyone` works without Triton
-        from onebyone.kernels import triton as triton_kernels
-    except (ImportError, RuntimeError) as error:
-        return f"Triton cannot be imported ({error}); pip install 'onebyone[triton]'"
-    _KERNELS[backend] = triton_kernels
-    return triton_kernels
-
-
-class BackendUnavailableError(RuntimeError):
-    """An explicitly requested backend cannot run these inputs; the message says why."""
+_PLAIN_TYPES = (torch.Tensor, nn.Parameter)
 
 
 def _tensor(argument: str, value: object, *, optional: bool = False) -> torch.Tensor | None:
@@ -50,6 +43,11 @@ def _tensor(argument: str, value: object, *, optional: bool = False) -> torch.Te
         raise TypeError(
             f"Invalid value for argument `{argument}`. Expected {expected}. "
             f"Received {argument} of type {type(value).__name__}."
+        )
+    if value.layout != torch.strided:
+        raise TypeError(
+            f"Invalid value for argument `{argument}`. Expected a dense (strided) tensor; "
+            f"convert with .to_dense(). Received {argument} with layout {value.layout}."
         )
     return value
 
@@ -81,80 +79,7 @@ def _same_kind(
             )
 
 
-def _thin_nchw_gemm(x: torch.Tensor, geo: _checks.ConvGeometry) -> bool:
-    """Whether MKL's GEMM on NCHW views beats oneDNN for this float32 inference on the CPU.
-
-    oneDNN reorders NCHW input and output to its blocked layout around the
-    convolution; a GEMM reads the ``(C/g, H*W)`` planes where they lie. Runs over
-    the layer suite of ``benchmarks/bench_op.py`` found the GEMM never more than
-    3% slower, and up to 2.5x faster, on grouped products and on products that
-    are thin in the reduction or the output: at most 24 filters per group, at
-    most 64 on at most 196 output pixels in all (14x14 at batch 1), at most 48
-    input channels per group on at most 3136 pixels, or a weight of at most
-    1024 values per group.
-    """
-    if x.dtype != torch.float32 or not x.is_contiguous():  # NCHW float32 only
-        return False
-    kg, cg = geo.out_channels // geo.groups, geo.in_channels // geo.groups
-    pixels = geo.batch * geo.out_height * geo.out_width
-    return (
-        geo.groups > 1
-        or kg <= 24
-        or (kg <= 64 and pixels <= 196)
-        or (cg <= 48 and pixels <= 3136)
-        or cg * kg <= 1024
-    )
-
-
-def _pick_kernel(
-    backend: str,
-    x: torch.Tensor,
-    needs_grad: bool,
-    geo: _checks.ConvGeometry,
-) -> ModuleType:
-    global _warned_fallback, _warned_no_triton
-    if backend != "auto":
-        kernel = _kernel(backend)
-        reason = kernel if isinstance(kernel, str) else kernel.unsupported(x, needs_grad)
-        if reason is not None or isinstance(kernel, str):
-            raise BackendUnavailableError(f"backend={backend!r} cannot run here: {reason}.")
-        return kernel
-    device = x.device.type
-    if device == "cuda":
-        kernel = _kernel("triton")
-        if isinstance(kernel, ModuleType) and kernel.unsupported(x, needs_grad) is None:
-            return kernel
-        if isinstance(kernel, str) and not _warned_no_triton:
-            _warned_no_triton = True
-            warnings.warn(
-                f"onebyone: {kernel}. CUDA uses the GEMM path.", RuntimeWarning, stacklevel=3
-            )
-    if device == "cpu":
-        if onednn.unsupported(x, needs_grad) is None:
-            if not needs_grad and _thin_nchw_gemm(x, geo):
-                return gemm
-            return onednn
-        if not _warned_fallback and not onednn.is_available():
-            _warned_fallback = True
-            warnings.warn(
-                "onebyone: this PyTorch build lacks oneDNN's fused convolution; "
-                "the CPU uses the GEMM path.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-    return gemm
-
-
-# One validated call per signature: its geometry, normalised stride and activation,
-# and kernel. A layer calls with the same signature every time, so the checks and the
-# kernel choice run once; what they read (shapes, strides, dtypes, devices, whether
-# autograd records) is all in the key.
-_Plan = tuple[_checks.ConvGeometry, tuple[int, int], "str | None", ModuleType]
-_PLANS: dict[tuple[object, ...], _Plan] = {}
-_MAX_PLANS = 1024
-
-
-def _signature(
+def _validate(
     x: object,
     weight: object,
     bias: object,
@@ -163,8 +88,59 @@ def _signature(
     groups: object,
     activation: object,
     backend: object,
+) -> tuple[geometry.ConvGeometry, tuple[int, int], str | None]:
+    """Check every argument of a call; its geometry, normalised stride and activation."""
+    _tensor("x", x)
+    _tensor("weight", weight)
+    _tensor("bias", bias, optional=True)
+    _tensor("residual", residual, optional=True)
+    x, weight = cast(torch.Tensor, x), cast(torch.Tensor, weight)
+    bias, residual = cast("torch.Tensor | None", bias), cast("torch.Tensor | None", residual)
+    _same_kind(x, weight, bias, residual)
+    strides = _checks.pair("stride", stride)
+    act = activations.activation(activation)
+    _checks.choice("backend", backend, BACKENDS)
+    if bias is not None and bias.dim() != 1:
+        raise ValueError(
+            "Invalid value for argument `bias`. Expected a 1-D tensor of shape (K,). "
+            f"Received bias of shape {tuple(bias.shape)}."
+        )
+    geo = geometry.geometry(
+        x.shape,
+        weight.shape,
+        None if bias is None else bias.shape,
+        stride=strides,
+        groups=groups,
+    )
+    if residual is not None and tuple(residual.shape) != geo.output_shape("NCHW"):
+        raise ValueError(
+            "Invalid value for argument `residual`. Expected the output's shape "
+            f"{geo.output_shape('NCHW')}. Received residual of shape {tuple(residual.shape)}."
+        )
+    return geo, strides, act
+
+
+# One validated call per signature: its geometry, normalised stride and activation,
+# and kernel. A layer calls with the same signature every time, so the checks and the
+# kernel choice run once; what they read (shapes, strides, dtypes, devices, whether
+# autograd records) is all in the key.
+_Plan = tuple[geometry.ConvGeometry, tuple[int, int], "str | None", ModuleType]
+_PLANS: dict[tuple[object, ...], _Plan] = {}
+_MAX_PLANS = 1024
+
+
+def _signature(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: object,
+    residual: object,
+    stride: object,
+    groups: object,
+    activation: object,
+    backend: object,
 ) -> tuple[object, ...] | None:
-    """The plan key of a call, or ``None`` when its arguments must go through the checks.
+    """The plan key of an eager call, or ``None`` when its arguments must go through the
+    checks.
 
     Only arguments of the exact types the checks accept get a key, so a ``bool`` or
     ``float`` stride or groups (equal to an int as a dict key) is always refused.
@@ -182,21 +158,18 @@ def _signature(
                 and type(stride[1]) is int
             )
         )
-        or not isinstance(x, torch.Tensor)
-        or not isinstance(weight, torch.Tensor)
-        or torch.compiler.is_compiling()
     ):
         return None
     if bias is None:
         bias_key: tuple[object, ...] | None = None
     elif isinstance(bias, torch.Tensor):
-        bias_key = (bias.shape, bias.dtype, bias.device)
+        bias_key = (bias.shape, bias.dtype, bias.device, bias.layout)
     else:
         return None
     if residual is None:
         residual_key: tuple[object, ...] | None = None
     elif isinstance(residual, torch.Tensor):
-        residual_key = (residual.shape, residual.dtype, residual.device)
+        residual_key = (residual.shape, residual.dtype, residual.device, residual.layout)
     else:
         return None
     return (
@@ -218,7 +191,7 @@ def _signature(
 
 
 def _plan(
-    x: object,
+    x: torch.Tensor,
     weight: object,
     bias: object,
     residual: object,
@@ -228,36 +201,23 @@ def _plan(
     backend: object,
 ) -> _Plan:
     """Check every argument of a call and choose its kernel."""
-    _tensor("x", x)
-    _tensor("weight", weight)
-    _tensor("bias", bias, optional=True)
-    _tensor("residual", residual, optional=True)
-    x, weight = cast(torch.Tensor, x), cast(torch.Tensor, weight)
-    bias, residual = cast("torch.Tensor | None", bias), cast("torch.Tensor | None", residual)
-    _same_kind(x, weight, bias, residual)
-    strides = _checks.pair("stride", stride)
-    act = _checks.activation(activation)
-    _checks.choice("backend", backend, BACKENDS)
-    if bias is not None and bias.dim() != 1:
-        raise ValueError(
-            "Invalid value for argument `bias`. Expected a 1-D tensor of shape (K,). "
-            f"Received bias of shape {tuple(bias.shape)}."
-        )
-    geo = _checks.geometry(
-        x.shape,
-        weight.shape,
-        None if bias is None else bias.shape,
-        stride=strides,
-        groups=groups,
-    )
-    if residual is not None and residual.shape != geo.output_shape("NCHW"):
-        raise ValueError(
-            "Invalid value for argument `residual`. Expected the output's shape "
-            f"{geo.output_shape('NCHW')}. Received residual of shape {tuple(residual.shape)}."
-        )
+    geo, strides, act = _validate(x, weight, bias, residual, stride, groups, activation, backend)
     xb = x if geo.batched else x.unsqueeze(0)
-    needs_grad = records_grad(x, weight, bias, residual)
-    return geo, strides, act, _pick_kernel(str(backend), xb, needs_grad, geo)
+    needs_grad = records_grad(x, cast(torch.Tensor, weight), cast(Any, bias), cast(Any, residual))
+    return geo, strides, act, routing.choose(str(backend), xb, needs_grad, geo)
+
+
+def _traced(x: object, weight: object, residual: object) -> bool:
+    """Whether this call is being traced (``torch.export``, ``torch.compile``, ``make_fx``,
+    a dispatch mode such as ``FlopCounterMode``): then the registered op runs."""
+    return (
+        torch.compiler.is_compiling()  # first: Dynamo reads it as a constant
+        or type(x) is not torch.Tensor
+        or type(weight) not in _PLAIN_TYPES
+        or (residual is not None and type(residual) is not torch.Tensor)
+        or torch._C._len_torch_dispatch_stack() > 0
+        or torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.PROXY) is not None
+    )
 
 
 def conv1x1(
@@ -281,14 +241,15 @@ def conv1x1(
         bias: optional ``(K,)``.
         stride: int or ``(sh, sw)``; keeps every ``sh``-th row and ``sw``-th column.
         groups: number of channel groups (``groups == C == K`` is depthwise).
-        activation: ``None`` or one of ``relu``, ``relu6``, ``leaky_relu`` (slope
-            0.01), ``silu``, ``gelu`` (exact erf form), ``hardswish``, ``sigmoid``, ``tanh``.
+        activation: ``None`` or one of ``onebyone.ACTIVATIONS`` (``leaky_relu`` has slope
+            0.01, ``gelu`` is the exact erf form).
         residual: optional tensor of the output's shape, added before the activation.
-        backend: ``"auto"`` (oneDNN on the CPU for float32/bfloat16, Triton for CUDA
-            tensors when Triton is installed, else the GEMM path), ``"gemm"`` (matmul on
-            views; any device and dtype), ``"onednn"`` or ``"triton"``. Every backend
-            runs forward and backward.
-            An explicit backend that cannot run raises ``BackendUnavailableError``.
+        backend: ``"auto"`` (the kernel ``onebyone.kernels.routing.choose`` picks),
+            ``"gemm"`` (matmul on views; any device and dtype), ``"onednn"`` or
+            ``"triton"``. Every backend runs forward and backward. An explicit backend
+            that cannot run raises ``BackendUnavailableError``. Traced calls
+            (``torch.export``, ``torch.compile``) run the registered op, which picks its
+            kernel as ``"auto"`` does.
 
     Shape:
         ``(N, C, H, W) -> (N, K, ceil(H/sh), ceil(W/sw))``; unbatched
@@ -308,6 +269,8 @@ def conv1x1(
             conv1x1, operands, x, weight, bias, stride=stride, groups=groups,
             activation=activation, residual=residual, backend=backend,
         )  # fmt: skip
+    if _traced(x, weight, residual):
+        return _registered(x, weight, bias, stride, groups, activation, residual, backend)
     key = _signature(x, weight, bias, residual, stride, groups, activation, backend)
     plan = _PLANS.get(key) if key is not None else None
     if plan is None:
@@ -320,3 +283,184 @@ def conv1x1(
     rb = residual if residual is None or geo.batched else residual.unsqueeze(0)
     y = kernel.conv1x1(xb, w2, bias, stride=strides, groups=geo.groups, activation=act, residual=rb)
     return y if geo.batched else y.squeeze(0)
+
+
+def _registered(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: object,
+    groups: object,
+    activation: object,
+    residual: torch.Tensor | None,
+    backend: object,
+) -> torch.Tensor:
+    """A traced call: checked (sizes may be symbolic, so nothing is cached), then the
+    registered op on the batched input and 2-D weight."""
+    geo, strides, act = _validate(x, weight, bias, residual, stride, groups, activation, backend)
+    w2 = weight if weight.dim() == 2 else weight.reshape(weight.shape[0], weight.shape[1])
+    xb = x if geo.batched else x.unsqueeze(0)
+    rb = residual if residual is None or geo.batched else residual.unsqueeze(0)
+    y = torch.ops.onebyone.conv1x1(xb, w2, bias, list(strides), geo.groups, act, rb)
+    return y if geo.batched else y.squeeze(0)
+
+
+# --------------------------------------------------------------------- the registered op
+
+
+@torch.library.custom_op("onebyone::conv1x1", mutates_args=())
+def _conv1x1_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: Sequence[int],
+    groups: int,
+    activation: str | None,
+    residual: torch.Tensor | None,
+) -> torch.Tensor:
+    """``torch.ops.onebyone.conv1x1(x (N, C, H, W), weight (K, C/g), bias, stride, groups,
+    activation, residual) -> (N, K, H', W')``: arguments as checked by ``conv1x1``; runs
+    below autograd, so the kernels take their inference paths."""
+    sh, sw = stride
+    key = (x.shape, x.stride(), x.dtype, x.device, weight.shape, bias is None,
+           residual is None, sh, sw, groups)  # fmt: skip
+    entry = _OP_KERNELS.get(key)
+    if entry is None:
+        geo = geometry.geometry(x.shape, weight.shape, None, stride=(sh, sw), groups=groups)
+        entry = _checks.remember(_OP_KERNELS, key, routing.choose("auto", x, False, geo), 256)
+    return entry.conv1x1(
+        x, weight, bias, stride=(sh, sw), groups=groups, activation=activation, residual=residual
+    )
+
+
+_OP_KERNELS: dict[tuple[object, ...], ModuleType] = {}
+
+
+@_conv1x1_op.register_fake
+def _conv1x1_fake(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: Sequence[int],
+    groups: int,
+    activation: str | None,
+    residual: torch.Tensor | None,
+) -> torch.Tensor:
+    n, _, h, w = x.shape
+    shape = (n, weight.shape[0], geometry.pointwise_output_size(h, stride[0]),
+             geometry.pointwise_output_size(w, stride[1]))  # fmt: skip
+    fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+
+
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    x, weight, bias, stride, groups, activation, residual = inputs
+    ctx.stride, ctx.groups, ctx.activation = list(stride), groups, activation
+    ctx.has_bias, ctx.has_residual = bias is not None, residual is not None
+    keep_z = activation is not None and TABLE[activation].needs_preactivation
+    ctx.save_for_backward(x, weight, bias if keep_z else None, residual if keep_z else None,
+                          output)  # fmt: skip
+
+
+def _backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    x, weight, bias, residual, y = ctx.saved_tensors
+    k, cg = weight.shape
+    w4 = weight.reshape(k, cg, 1, 1)
+    if ctx.activation is not None:
+        entry = TABLE[ctx.activation]
+        z = y
+        if entry.needs_preactivation:  # recomputed: cheaper to store nothing but y
+            z = _pre_activation(x, w4, bias, residual, ctx.stride, ctx.groups)
+        grad = grad * entry.derivative(z, y)
+    need_x, need_w, need_b = (
+        ctx.needs_input_grad[0],
+        ctx.needs_input_grad[1],
+        ctx.needs_input_grad[2],
+    )
+    grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+        grad, x, w4, [k] if ctx.has_bias else None, ctx.stride, [0, 0], [1, 1], False,
+        [0, 0], ctx.groups, [need_x, need_w, need_b and ctx.has_bias],
+    )  # fmt: skip
+    grad_r = grad if ctx.has_residual and ctx.needs_input_grad[6] else None
+    return (
+        grad_x if need_x else None,
+        grad_w.reshape(k, cg) if need_w else None,
+        grad_b if need_b and ctx.has_bias else None,
+        None,
+        None,
+        None,
+        grad_r,
+    )
+
+
+_conv1x1_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _pre_activation(
+    x: torch.Tensor,
+    w4: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    stride: Sequence[int],
+    groups: int,
+) -> torch.Tensor:
+    """``conv(x) + bias + residual`` as ATen ops."""
+    z = torch.ops.aten.convolution.default(
+        x, w4, bias, list(stride), [0, 0], [1, 1], False, [0, 0], groups
+    )
+    return z if residual is None else z + residual
+
+
+def _decompose(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: Sequence[int],
+    groups: int,
+    activation: str | None,
+    residual: torch.Tensor | None,
+) -> torch.Tensor:
+    """The registered op as ``aten.convolution`` + add + the activation's ATen op."""
+    w4 = weight.view(weight.shape[0], weight.shape[1], 1, 1)  # (K, C/g) -> (K, C/g, 1, 1)
+    z = _pre_activation(x, w4, bias, residual, stride, groups)
+    return z if activation is None else TABLE[activation].function(z)
+
+
+def decompositions() -> dict[Any, Callable[..., torch.Tensor]]:
+    """The decomposition of ``torch.ops.onebyone.conv1x1`` into ATen ops, for
+    ``ExportedProgram.run_decompositions``.
+
+    ``torch.onnx.export`` applies it on its own; OpenVINO's ``convert_model`` needs the
+    exported program decomposed first.
+
+    Example:
+        >>> import torch, onebyone as obo
+        >>> model = obo.nn.Conv1x1(8, 4, activation="relu").eval()
+        >>> program = torch.export.export(model, (torch.randn(2, 8, 5, 5),))
+        >>> plain = program.run_decompositions(obo.decompositions())
+        >>> sorted({str(n.target) for n in plain.graph.nodes if n.op == "call_function"})
+        ['aten.convolution.default', 'aten.relu.default', 'aten.view.default']
+    """
+    return {torch.ops.onebyone.conv1x1.default: _decompose}
+
+
+def _register_lowering() -> None:
+    from torch._decomp import global_decomposition_table, register_decomposition
+
+    op = torch.ops.onebyone.conv1x1.default
+    if op not in global_decomposition_table["post_autograd"]:
+        register_decomposition(op)(_decompose)  # exporters (torch.onnx) find it here
+
+
+def _register_flop_formula() -> None:
+    from torch.utils.flop_counter import register_flop_formula
+
+    @register_flop_formula(torch.ops.onebyone.conv1x1)
+    def _flops(x_shape: Any, w_shape: Any, *args: Any, out_shape: Any, **kwargs: Any) -> int:
+        # one multiply and one add per weight entry per output pixel (2 * MACs)
+        n, k, ho, wo = out_shape
+        return 2 * n * k * ho * wo * w_shape[1]
+
+
+_register_lowering()
+_register_flop_formula()

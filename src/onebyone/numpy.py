@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from onebyone import _checks
+from onebyone import _checks, geometry
 
 __all__ = ["conv1x1"]
 
@@ -102,7 +102,7 @@ def conv1x1(
     return y if y.dtype == out_dtype else y.astype(out_dtype)
 
 
-_Plan = tuple[_checks.ConvGeometry, str, tuple[int, int], np.dtype, np.dtype]
+_Plan = tuple[geometry.ConvGeometry, str, tuple[int, int], np.dtype, np.dtype]
 _PLANS: dict[tuple[Any, ...], _Plan] = {}
 _MAX_PLANS = 256
 
@@ -123,7 +123,7 @@ def _plan(
             "Invalid value for argument `bias`. Expected a 1-D array of shape (K,). "
             f"Received bias of shape {ba.shape}."
         )
-    geo = _checks.geometry(
+    geo = geometry.geometry(
         xa.shape,
         wa.shape,
         None if ba is None else ba.shape,
@@ -143,7 +143,7 @@ def _grouped_gemm(
     xb: np.ndarray,
     wa: np.ndarray,
     ba: np.ndarray | None,
-    geo: _checks.ConvGeometry,
+    geo: geometry.ConvGeometry,
     fmt: str,
     stride: tuple[int, int],
     acc: np.dtype,

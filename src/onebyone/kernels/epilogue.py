@@ -1,45 +1,13 @@
-"""The fused epilogue's activations as tensor functions: ``act(z)``."""
+"""Epilogue helpers shared by the kernels: ``act(y + addend)`` in place, and whether
+autograd records a call."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-import torch.nn.functional as F
 
-__all__ = ["LEAKY_RELU_SLOPE", "add_then_activate_", "apply_activation", "records_grad"]
+from onebyone.activations import apply_activation
 
-LEAKY_RELU_SLOPE = 0.01
-"""Negative slope of ``"leaky_relu"`` (PyTorch's default)."""
-
-_OUT_OF_PLACE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "relu": F.relu,
-    "relu6": F.relu6,
-    "leaky_relu": lambda z: F.leaky_relu(z, LEAKY_RELU_SLOPE),
-    "silu": F.silu,
-    "gelu": F.gelu,
-    "hardswish": F.hardswish,
-    "sigmoid": torch.sigmoid,
-    "tanh": torch.tanh,
-}
-
-_IN_PLACE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "relu": torch.relu_,
-    "relu6": lambda z: F.hardtanh_(z, 0.0, 6.0),
-    "leaky_relu": lambda z: F.leaky_relu_(z, LEAKY_RELU_SLOPE),
-    "silu": lambda z: F.silu(z, inplace=True),
-    "gelu": F.gelu,
-    "hardswish": lambda z: F.hardswish(z, inplace=True),
-    "sigmoid": torch.sigmoid_,
-    "tanh": torch.tanh_,
-}
-
-
-def apply_activation(z: torch.Tensor, name: str | None, *, inplace: bool) -> torch.Tensor:
-    """Return ``act(z)``; with ``inplace=True`` ``z`` may be overwritten (never an input)."""
-    if name is None:
-        return z
-    return (_IN_PLACE if inplace else _OUT_OF_PLACE)[name](z)
+__all__ = ["add_then_activate_", "records_grad"]
 
 
 def add_then_activate_(y: torch.Tensor, addend: torch.Tensor, name: str | None) -> torch.Tensor:

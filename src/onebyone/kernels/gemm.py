@@ -1,18 +1,21 @@
 """Portable path: the pointwise convolution as matrix products on views.
 
-Runs on any device and dtype and is differentiable through PyTorch's autograd,
-so it is the training path. Channels-last input already is the ``(N*H*W, C)``
-matrix of pixels: one ``addmm`` (groups: one batched GEMM). NCHW input is the
-batch of ``(C/g, H*W)`` matrices: one ``baddbmm`` over ``N*g`` of them. The
-residual (or else the bias) enters the GEMM as its accumulator ``C`` in
-``C + A @ B``, so the epilogue costs no extra pass for it.
+Runs on any device and dtype and is differentiable through PyTorch's autograd:
+the path for float16 and float64 on the CPU, for devices without a faster
+kernel, and for thin NCHW float32 inference (``routing.thin_nchw``).
+Channels-last input already is the ``(N*H*W, C)`` matrix of pixels: one
+``addmm`` (groups: one batched GEMM). NCHW input is the batch of
+``(C/g, H*W)`` matrices: one ``baddbmm`` over ``N*g`` of them. The residual
+(or else the bias) enters the GEMM as its accumulator ``C`` in ``C + A @ B``,
+so the epilogue costs no extra pass for it.
 """
 
 from __future__ import annotations
 
 import torch
 
-from onebyone.kernels.epilogue import add_then_activate_, apply_activation
+from onebyone.activations import apply_activation
+from onebyone.kernels.epilogue import add_then_activate_
 
 __all__ = ["conv1x1", "is_channels_last", "unsupported"]
 

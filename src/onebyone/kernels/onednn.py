@@ -1,64 +1,38 @@
 """CPU path: oneDNN's convolution, for inference (epilogue fused) and training.
 
-Inference takes one of two routes, chosen by shape (see ``packing_pays``):
+Inference runs ATen's convolution (oneDNN's primitive, which ATen caches) with
+the bias, then the residual and the activation in place on the fresh output
+(one pass for residual + ReLU in float32).
 
-- ATen's convolution (oneDNN's primitive, which ATen caches) with the bias,
-  then the residual and the activation in place on the fresh output (one pass
-  for residual + ReLU in float32). This is the route for NCHW input and for most
-  channels-last layers: it launches in a few microseconds.
-- For channels-last layers whose weight outweighs their output pixels,
-  ``torch.ops.mkldnn._convolution_pointwise`` with bias and activation as
-  post-ops (its ``.binary`` overload adds the residual), on a weight packed
-  once into oneDNN's blocked layout and kept while the weight is unchanged
-  (same storage, shape and version counter). Its setup costs about 25 us per
-  call, less than reordering such a weight on every call.
+A frozen model (``onebyone.optimize``'s torch engine) may also hold a weight
+packed once into oneDNN's blocked layout (``pack_weight``: an opaque tensor, so
+nothing can write to it behind the packed copy's back) and call
+``fused_convolution``, oneDNN's convolution with bias and activation as
+post-ops (its ``.binary`` overload adds the residual). Nothing here caches a
+weight: a cache keyed on a weight's identity or version counter cannot see
+writes through ``.data`` or NumPy, so the eager op never packs.
 
 Training runs ATen's convolution (oneDNN's primitives, forward and backward)
-with the epilogue as autograd ops: on these CPUs oneDNN's convolution beats the BLAS behind
-``matmul``, and a Python ``autograd.Function`` around the fused op cost more
-than the memory pass it saved.
+with the epilogue as autograd ops.
 """
 
 from __future__ import annotations
 
-import weakref
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 
-from onebyone._checks import remember
-from onebyone.kernels.epilogue import (
-    LEAKY_RELU_SLOPE,
-    add_then_activate_,
-    apply_activation,
-    records_grad,
-)
-from onebyone.kernels.gemm import is_channels_last
+from onebyone.activations import TABLE, apply_activation
+from onebyone.kernels.epilogue import add_then_activate_, records_grad
 
 __all__ = [
     "aten_forward",
     "conv1x1",
     "fused_convolution",
     "is_available",
-    "packed_weight",
-    "packing_pays",
+    "pack_weight",
     "unsupported",
 ]
-
-# activation -> (oneDNN unary attribute, its scalars, its algorithm)
-_UNARY: dict[str | None, tuple[str, list[Any], str]] = {
-    None: ("none", [], ""),
-    "relu": ("relu", [], ""),
-    "relu6": ("hardtanh", [0.0, 6.0], ""),
-    "leaky_relu": ("leaky_relu", [LEAKY_RELU_SLOPE], ""),
-    "silu": ("swish", [], ""),
-    "gelu": ("gelu", [], "none"),
-    "hardswish": ("hardswish", [], ""),
-    "sigmoid": ("sigmoid", [], ""),
-    "tanh": ("tanh", [], ""),
-}
-# activations oneDNN fuses after the residual add (float32)
-_AFTER_BINARY = (None, "relu")
 
 
 def _probe() -> tuple[bool, frozenset[torch.dtype]]:
@@ -98,53 +72,23 @@ def unsupported(x: torch.Tensor, needs_grad: bool) -> str | None:
     return None
 
 
-# id(weight) -> {geometry and version -> packed weight}; an entry dies with its weight.
-# (Not a WeakKeyDictionary: it compares keys with ==, which is elementwise on tensors.)
-_PACKED: dict[int, dict[tuple[Any, ...], torch.Tensor]] = {}
-_MAX_PACKED_PER_WEIGHT = 4
-
-
-def _cache_of(owner: torch.Tensor) -> dict[tuple[Any, ...], torch.Tensor]:
-    entries = _PACKED.get(id(owner))
-    if entries is None:
-        entries = _PACKED[id(owner)] = {}
-        weakref.finalize(owner, _PACKED.pop, id(owner), None)
-    return entries
-
-
-def packed_weight(
-    weight: torch.Tensor,
+def pack_weight(
     w4: torch.Tensor,
-    x: torch.Tensor,
+    input_shape: Sequence[int],
     *,
-    padding: tuple[int, int] | list[int] = (0, 0),
-    stride: tuple[int, int] | list[int],
-    dilation: tuple[int, int] | list[int] = (1, 1),
+    padding: Sequence[int] = (0, 0),
+    stride: Sequence[int],
+    dilation: Sequence[int] = (1, 1),
     groups: int,
 ) -> torch.Tensor:
-    """``w4`` (the 4-D view of ``weight``) reordered for oneDNN, cached while ``weight``
-    is unchanged: same storage, shape, strides and version counter."""
-    owner = weight if weight._base is None else weight._base
-    key = (
-        weight.data_ptr(),
-        tuple(weight.shape),
-        weight.stride(),
-        weight._version,  # bumped by every in-place write (optimizer steps, copy_, ...)
-        weight.dtype,
-        tuple(padding),
-        tuple(stride),
-        tuple(dilation),
-        groups,
-        tuple(x.shape),
-    )
-    entries = _cache_of(owner)
-    packed = entries.get(key)
-    if packed is None:
-        packed = torch.ops.mkldnn._reorder_convolution_weight(
-            w4.detach(), list(padding), list(stride), list(dilation), groups, list(x.shape)
-        )
-        remember(entries, key, packed, _MAX_PACKED_PER_WEIGHT)
-    return packed
+    """``w4 (K, C/g, kh, kw)`` reordered into oneDNN's blocked layout for inputs like
+    ``input_shape`` (other shapes still compute correctly). The result is an opaque
+    mkldnn tensor: it cannot be viewed, written or pickled, only convolved with.
+    """
+    return torch.ops.mkldnn._reorder_convolution_weight(
+        w4.detach().contiguous(), list(padding), list(stride), list(dilation), groups,
+        list(input_shape),
+    )  # fmt: skip
 
 
 def fused_convolution(
@@ -153,9 +97,9 @@ def fused_convolution(
     bias: torch.Tensor | None,
     residual: torch.Tensor | None,
     *,
-    padding: tuple[int, int] | list[int] = (0, 0),
-    stride: tuple[int, int] | list[int],
-    dilation: tuple[int, int] | list[int] = (1, 1),
+    padding: Sequence[int] = (0, 0),
+    stride: Sequence[int],
+    dilation: Sequence[int] = (1, 1),
     groups: int,
     activation: str | None,
 ) -> torch.Tensor:
@@ -166,41 +110,20 @@ def fused_convolution(
         ``(N, C, H, W) -> (N, K, H', W')``; ``residual`` has the output's shape.
     """
     geometry = (list(padding), list(stride), list(dilation), groups)
+    entry = None if activation is None else TABLE[activation]
     if residual is None:
-        attr, scalars, algorithm = _UNARY[activation]
+        attr, scalars, algorithm = ("none", [], "") if entry is None else entry.onednn
         return torch.ops.mkldnn._convolution_pointwise(
             x, w4, bias, *geometry, attr, scalars, algorithm
         )
-    # bfloat16's fallback for a fused add+relu is unimplemented in some layouts.
-    fused = activation if activation in _AFTER_BINARY and x.dtype == torch.float32 else None
+    # oneDNN fuses only some activations after its add (and bfloat16's fallback for a
+    # fused add+relu is unimplemented in some layouts)
+    fuses = entry is None or (entry.onednn_after_add and x.dtype == torch.float32)
+    fused = None if entry is None or not fuses else entry.onednn[0]
     y = torch.ops.mkldnn._convolution_pointwise.binary(
         x, residual, w4, bias, *geometry, "add", 1.0, fused, [], None
     )
-    return y if fused == activation else apply_activation(y, activation, inplace=True)
-
-
-def packing_pays(filters_per_group: int, reduction: int, output_pixels: int) -> bool:
-    """Whether a channels-last inference should run the packed post-op convolution.
-
-    ``reduction`` is the length of each output's dot product (``C/g`` times the
-    kernel's area) and ``output_pixels`` is ``N*H'*W'``.
-
-    ATen's convolution reorders the weight on every call but costs a few
-    microseconds to launch; the post-op form reuses a packed weight but pays about
-    25 us per call to set up its primitive, and its fused residual measured no
-    faster than an in-place add. Over the layer suite of ``benchmarks/bench_op.py``
-    packing won exactly where the weight outweighs the output pixels: more filters
-    per group than pixels (``K/g > N*H'*W'``), as in the 7x7 and 14x14 layers of
-    ResNet-50 at batch 1. (As a GEMM of any kernel size, the weight is then larger
-    than the input's patch matrix.) Below about two million multiply-adds the setup
-    outweighs what packing saves, so tiny products never pack.
-    """
-    if filters_per_group <= output_pixels:
-        return False
-    return filters_per_group * reduction * output_pixels >= _PACKING_MIN_MACS
-
-
-_PACKING_MIN_MACS = 1 << 21
+    return y if fuses else apply_activation(y, activation, inplace=True)
 
 
 def aten_forward(
@@ -208,12 +131,12 @@ def aten_forward(
     w4: torch.Tensor,
     bias: torch.Tensor | None,
     residual: torch.Tensor | None,
-    stride: tuple[int, int] | list[int],
+    stride: Sequence[int],
     groups: int,
     activation: str | None,
     *,
-    padding: tuple[int, int] | list[int] = (0, 0),
-    dilation: tuple[int, int] | list[int] = (1, 1),
+    padding: Sequence[int] = (0, 0),
+    dilation: Sequence[int] = (1, 1),
 ) -> torch.Tensor:
     """``act(conv(x) + bias + residual)`` (any kernel size): ATen's convolution (oneDNN's
     primitive, cached by ATen) with bias, then the residual and activation in place.
@@ -253,18 +176,4 @@ def conv1x1(
         if residual is not None:
             y = y.add_(residual)  # the convolution's backward does not need its output
         return apply_activation(y, activation, inplace=False)
-    n, _, h, w = x.shape
-    pixels = n * -(-h // stride[0]) * -(-w // stride[1])
-    # A packed weight makes oneDNN write channels-last output: channels-last input only.
-    # (Reordering NCHW activations around the call measured no faster than ATen's
-    # NCHW convolution, even for the heaviest weights of the suite.)
-    if (
-        packing_pays(k // groups, cg, pixels)
-        and is_channels_last(x)
-        and not torch.compiler.is_compiling()
-    ):
-        w4 = packed_weight(weight, w4, x, stride=stride, groups=groups)
-        return fused_convolution(
-            x, w4, bias, residual, stride=stride, groups=groups, activation=activation
-        )
     return aten_forward(x, w4, bias, residual, stride, groups, activation)

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import linecache
 from collections.abc import Callable
 from typing import Any
 
@@ -54,82 +55,75 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
+from onebyone.activations import TABLE
+from onebyone.geometry import pointwise_output_size
 from onebyone.kernels import gemm
-from onebyone.kernels.epilogue import LEAKY_RELU_SLOPE, records_grad
+from onebyone.kernels.epilogue import records_grad
 
 __all__ = ["INTERPRETED", "TritonConv1x1", "conv1x1", "unsupported"]
 
-_ACTIVATION_CODES: dict[str | None, int] = {
-    None: 0,
-    "relu": 1,
-    "relu6": 2,
-    "leaky_relu": 3,
-    "silu": 4,
-    "gelu": 5,
-    "hardswish": 6,
-    "sigmoid": 7,
-    "tanh": 8,
+# Kernel code of each activation: 0 is the identity, then the table's order.
+_ACTIVATION_CODES: dict[str | None, int] = {None: 0} | {
+    name: code for code, name in enumerate(TABLE, start=1)
 }
 # Activations whose derivative needs the pre-activation z; the others are
 # differentiated from the output y = act(z) alone.
-_NEEDS_PREACTIVATION = ("silu", "gelu", "hardswish")
-_SLOPE = tl.constexpr(LEAKY_RELU_SLOPE)
+_NEEDS_PREACTIVATION = tuple(a.name for a in TABLE.values() if a.needs_preactivation)
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 # --------------------------------------------------------------------------- kernels
 
 
+def _branches(snippets: dict[int, str], indent: str) -> str:
+    """``if ACT == 1: ... elif ACT == 2: ...`` from each code's statements."""
+    lines = []
+    for i, (code, body) in enumerate(snippets.items()):
+        lines.append(f"{indent}{'if' if i == 0 else 'elif'} ACT == {code}:")
+        lines += [f"{indent}    {line}" for line in body.splitlines()]
+    return "\n".join(lines)
+
+
+def _generated_source() -> str:
+    """Triton source of ``_activate`` and ``_activation_derivative`` from ``TABLE``."""
+    codes = {_ACTIVATION_CODES[name]: entry for name, entry in TABLE.items()}
+    forward = _branches({c: e.triton for c, e in codes.items()}, "    ")
+    backward = _branches({c: e.triton_derivative for c, e in codes.items()}, "    ")
+    return f"""
+import triton
+import triton.language as tl
+
+
 @triton.jit
-def _activate(z: tl.tensor, ACT: tl.constexpr) -> tl.tensor:
-    """``act(z)`` on an accumulator tile; ``ACT`` is a code of ``_ACTIVATION_CODES``."""
-    if ACT == 1:  # relu
-        z = tl.maximum(z, 0.0)
-    elif ACT == 2:  # relu6
-        z = tl.minimum(tl.maximum(z, 0.0), 6.0)
-    elif ACT == 3:  # leaky_relu
-        z = tl.where(z > 0, z, z * _SLOPE)
-    elif ACT == 4:  # silu
-        z = z / (1.0 + tl.exp(-z))
-    elif ACT == 5:  # gelu, exact erf form
-        z = 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
-    elif ACT == 6:  # hardswish
-        z = z * tl.minimum(tl.maximum(z + 3.0, 0.0), 6.0) / 6.0
-    elif ACT == 7:  # sigmoid
-        z = 1.0 / (1.0 + tl.exp(-z))
-    elif ACT == 8:  # tanh, from exp(-2|z|) so it never overflows
-        t = tl.exp(-2.0 * tl.abs(z))
-        z = tl.where(z < 0, -1.0, 1.0) * (1.0 - t) / (1.0 + t)
+def _activate(z, ACT: tl.constexpr):
+    # act(z) on an accumulator tile; ACT is a code of _ACTIVATION_CODES
+{forward}
     return z
 
 
 @triton.jit
-def _activation_derivative(s: tl.tensor, ACT: tl.constexpr) -> tl.tensor:
-    """``act'`` on an accumulator tile; ``s`` is the pre-activation z for silu, gelu and
-    hardswish and the output y = act(z) for the others (PyTorch's conventions at kinks)."""
+def _activation_derivative(s, ACT: tl.constexpr):
+    # act' on a tile: s is z for the activations that need it, else y = act(z)
     one = tl.full(s.shape, 1.0, s.dtype)
     zero = tl.zeros(s.shape, s.dtype)
-    if ACT == 1:  # relu, from y
-        d = tl.where(s > 0, one, zero)
-    elif ACT == 2:  # relu6, from y
-        d = tl.where((s > 0) & (s < 6.0), one, zero)
-    elif ACT == 3:  # leaky_relu, from y (same sign as z)
-        d = tl.where(s > 0, one, one * _SLOPE)
-    elif ACT == 4:  # silu, from z
-        sig = 1.0 / (1.0 + tl.exp(-s))
-        d = sig * (1.0 + s * (1.0 - sig))
-    elif ACT == 5:  # gelu, from z: Phi(z) + z * phi(z)
-        cdf = 0.5 * (1.0 + tl.math.erf(s * 0.7071067811865476))
-        d = cdf + s * tl.exp(-0.5 * s * s) * 0.3989422804014327
-    elif ACT == 6:  # hardswish, from z
-        d = tl.where(s < -3.0, zero, tl.where(s <= 3.0, s / 3.0 + 0.5, one))
-    elif ACT == 7:  # sigmoid, from y
-        d = s * (1.0 - s)
-    elif ACT == 8:  # tanh, from y
-        d = 1.0 - s * s
-    else:  # identity
-        d = one
+    d = one
+{backward}
     return d
+"""
+
+
+def _compile_generated() -> tuple[Any, Any]:
+    # Triton reads a kernel's source through `inspect`, which reads `linecache`:
+    # the generated source is registered there under its own file name.
+    name = "<onebyone.kernels.triton: activations>"
+    source = _generated_source()
+    linecache.cache[name] = (len(source), None, source.splitlines(True), name)
+    namespace: dict[str, Any] = {"__name__": __name__}
+    exec(compile(source, name, "exec"), namespace)
+    return namespace["_activate"], namespace["_activation_derivative"]
+
+
+_activate, _activation_derivative = _compile_generated()
 
 
 @triton.jit
@@ -537,8 +531,8 @@ def _pixel_gemm(
     rather than ``weight[g-block]`` (grad of the input).
     """
     n = a.shape[0]
-    height = -(-a.shape[2] // a_step[0])
-    width = -(-a.shape[3] // a_step[1])
+    height = pointwise_output_size(a.shape[2], a_step[0])
+    width = pointwise_output_size(a.shape[3], a_step[1])
     m = n * height * width
     k_red = a.shape[1] // groups
     n_out = out.shape[1] // groups
@@ -609,7 +603,7 @@ def _forward(
     """``(y, z)``: the output and, when asked, the pre-activation ``z`` (same layout)."""
     n, _, h, w = x.shape
     k = weight.shape[0]
-    shape = (n, k, -(-h // stride[0]), -(-w // stride[1]))
+    shape = (n, k, pointwise_output_size(h, stride[0]), pointwise_output_size(w, stride[1]))
     fmt = _memory_format(x)
     y = torch.empty(shape, device=x.device, dtype=x.dtype, memory_format=fmt)
     z = torch.empty_like(y) if keep_preactivation else None

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from onebyone import _checks
+from onebyone import _checks, activations
 from onebyone.nn.conv import Conv1x1, ConvNormAct, activation_module, norm_module
 
 __all__ = [
@@ -185,7 +185,7 @@ class Bottleneck(nn.Module):
             raise _checks.invalid("groups", f"a divisor of mid_channels={m}", groups)
         strides = _checks.pair("stride", stride)
         _checks.choice("variant", variant, BOTTLENECK_VARIANTS)
-        act = _checks.activation(activation)
+        act = activations.activation(activation)
         bn1, bn2, bn3 = norm_module(norm, m), norm_module(norm, m), norm_module(norm, k)
         bias = norm is None
         fused = act if norm is None else None
@@ -359,7 +359,7 @@ class MlpConv(nn.Sequential):
         if len(channels) == 0:
             raise _checks.invalid("channels", "at least one channel count", channels)
         widths = [_checks.positive_int("channels", w) for w in channels]
-        act = _checks.activation(activation)
+        act = activations.activation(activation)
         first = ConvNormAct(
             c, widths[0], kernel_size, stride=stride, padding=padding, norm=None, activation=act
         )
@@ -488,7 +488,7 @@ class InvertedResidual(nn.Module):
         k = _checks.positive_int("out_channels", out_channels)
         strides = _checks.pair("stride", stride)
         t = _number("expand_ratio", expand_ratio)
-        act = _checks.activation(activation)
+        act = activations.activation(activation)
         hidden = round(c * t)
         if hidden < 1:
             raise _checks.invalid(

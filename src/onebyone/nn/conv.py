@@ -8,9 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from onebyone import _checks
+from onebyone import _checks, activations
 from onebyone.functional import conv1x1
-from onebyone.kernels.epilogue import LEAKY_RELU_SLOPE
 
 __all__ = ["NORMS", "Conv1x1", "ConvNormAct", "activation_module", "norm_module"]
 
@@ -20,19 +19,8 @@ NORMS: tuple[str, ...] = ("batch",)
 
 def activation_module(name: str | None) -> nn.Module:
     """The ``nn.Module`` computing the named activation (``nn.Identity`` for ``None``)."""
-    name = _checks.activation(name)
-    modules: dict[str | None, nn.Module] = {
-        None: nn.Identity(),
-        "relu": nn.ReLU(),
-        "relu6": nn.ReLU6(),
-        "leaky_relu": nn.LeakyReLU(LEAKY_RELU_SLOPE),
-        "silu": nn.SiLU(),
-        "gelu": nn.GELU(),
-        "hardswish": nn.Hardswish(),
-        "sigmoid": nn.Sigmoid(),
-        "tanh": nn.Tanh(),
-    }
-    return modules[name]
+    name = activations.activation(name)
+    return nn.Identity() if name is None else activations.TABLE[name].module()
 
 
 class Conv1x1(nn.Module):
@@ -83,7 +71,7 @@ class Conv1x1(nn.Module):
         self.out_channels = k
         self.groups = g
         self.stride = _checks.pair("stride", stride)
-        self.activation = _checks.activation(activation)
+        self.activation = activations.activation(activation)
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(k, c // g, **factory))
         self.bias = nn.Parameter(torch.empty(k, **factory)) if bias else None
@@ -299,7 +287,7 @@ class ConvNormAct(nn.Sequential):
         pads = _padding(padding, ksize)
         if norm is not None:
             _checks.choice("norm", norm, NORMS)
-        act = _checks.activation(activation)
+        act = activations.activation(activation)
         if bias is None:
             bias = norm is None
         if not isinstance(bias, bool):

@@ -7,7 +7,6 @@ from onebyone.transforms.layout import (
     CastDtype,
     ChannelsLast,
     cast,
-    prepack_weights,
     to_channels_last,
 )
 from onebyone.transforms.merge import merge_pointwise, merge_pointwise_weights
@@ -45,7 +44,6 @@ __all__ = [
     "merge_pointwise",
     "merge_pointwise_weights",
     "optimize",
-    "prepack_weights",
     "to_channels_last",
     "to_onnx",
     "verify",

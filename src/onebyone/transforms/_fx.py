@@ -14,10 +14,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
-from onebyone.kernels.epilogue import LEAKY_RELU_SLOPE
+from onebyone.activations import TABLE, module_activation
 from onebyone.nn.blocks import channel_shuffle
 from onebyone.nn.conv import Conv1x1
 
@@ -26,13 +25,13 @@ __all__ = [
     "LEAF_FUNCTIONS",
     "Tracer",
     "activation_of",
+    "any_inplace",
     "call_counts",
     "compute_nodes",
     "drop_identities",
     "graph_module",
     "is_add",
     "is_inplace",
-    "mutates",
     "owner_counts",
     "plain_sequentials",
     "set_module",
@@ -150,79 +149,25 @@ def compute_nodes(graph: fx.Graph) -> list[fx.Node]:
 
 # --- activations -------------------------------------------------------------------------
 
-_MODULE_ACTIVATIONS: dict[type[nn.Module], str] = {
-    nn.ReLU: "relu",
-    nn.ReLU6: "relu6",
-    nn.SiLU: "silu",
-    nn.Hardswish: "hardswish",
-    nn.Sigmoid: "sigmoid",
-    nn.Tanh: "tanh",
-}
-_FUNCTION_ACTIVATIONS: dict[Callable[..., Any], str] = {
-    F.relu: "relu",
-    torch.relu: "relu",
-    torch.relu_: "relu",
-    F.relu_: "relu",
-    F.relu6: "relu6",
-    F.silu: "silu",
-    F.hardswish: "hardswish",
-    torch.sigmoid: "sigmoid",
-    F.sigmoid: "sigmoid",
-    torch.tanh: "tanh",
-    F.tanh: "tanh",
-}
-_METHOD_ACTIVATIONS: dict[str, str] = {
-    "relu": "relu",
-    "relu_": "relu",
-    "sigmoid": "sigmoid",
-    "sigmoid_": "sigmoid",
-    "tanh": "tanh",
-    "tanh_": "tanh",
-}
-
-
-def _arg(node: fx.Node, index: int, name: str, default: object) -> object:
-    if len(node.args) > index:
-        return node.args[index]
-    return node.kwargs.get(name, default)
-
 
 def activation_of(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
     """The onebyone activation name that ``node`` computes from its first argument, if any.
 
-    Recognises activation modules (``nn.ReLU``, ``nn.ReLU6``, ``nn.Hardtanh(0, 6)``,
-    ``nn.LeakyReLU(0.01)``, ``nn.SiLU``, ``nn.GELU()``, ``nn.Hardswish``,
-    ``nn.Sigmoid``, ``nn.Tanh``), their functional forms and tensor methods.
+    Recognises what ``onebyone.activations.TABLE`` lists for each activation: its
+    modules (``nn.ReLU``, ``nn.Hardtanh(0, 6)``, ``nn.LeakyReLU(0.01)``, ...), its
+    functional forms and its tensor methods.
     """
     if node.op == "call_module":
         m = modules.get(str(node.target))
-        if m is None:
-            return None
-        if type(m) in _MODULE_ACTIVATIONS:
-            return _MODULE_ACTIVATIONS[type(m)]
-        if type(m) is nn.Hardtanh and (m.min_val, m.max_val) == (0.0, 6.0):
-            return "relu6"
-        if type(m) is nn.LeakyReLU and m.negative_slope == LEAKY_RELU_SLOPE:
-            return "leaky_relu"
-        if type(m) is nn.GELU and m.approximate == "none":
-            return "gelu"
-        return None
+        return None if m is None else module_activation(m)
     if node.op == "call_function":
-        target = node.target
-        if target in _FUNCTION_ACTIVATIONS:
-            return _FUNCTION_ACTIVATIONS[target]
-        if target is F.leaky_relu and _arg(node, 1, "negative_slope", 0.01) == LEAKY_RELU_SLOPE:
-            return "leaky_relu"
-        if target is F.gelu and node.kwargs.get("approximate", "none") == "none":
-            return "gelu"
-        if target is F.hardtanh and (
-            _arg(node, 1, "min_val", -1.0),
-            _arg(node, 2, "max_val", 1.0),
-        ) == (0.0, 6.0):
-            return "relu6"
+        for entry in TABLE.values():
+            test = entry.functions.get(node.target)  # type: ignore[arg-type]
+            if test is not None and test(tuple(node.args), node.kwargs):
+                return entry.name
         return None
     if node.op == "call_method" and len(node.args) == 1 and not node.kwargs:
-        return _METHOD_ACTIVATIONS.get(str(node.target))
+        return next((e.name for e in TABLE.values() if node.target in e.methods), None)
     return None
 
 
@@ -265,6 +210,11 @@ def is_inplace(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return False
 
 
-def mutates(nodes: Iterable[fx.Node], value: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """True when one of ``nodes`` is an in-place op whose first argument is ``value``."""
-    return any(is_inplace(n, modules) and n.args and n.args[0] is value for n in nodes)
+def any_inplace(nodes: Iterable[fx.Node], modules: dict[str, nn.Module]) -> bool:
+    """True when one of ``nodes`` may write a tensor in place.
+
+    A module-level graph does not say which values share memory (``x.view(-1)``,
+    ``x[:, :2]`` and ``x`` do), so any in-place op may change any value: a transform
+    that moves a read past one must refuse.
+    """
+    return any(is_inplace(n, modules) for n in nodes)

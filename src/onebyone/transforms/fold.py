@@ -246,6 +246,8 @@ def _fold_sequentials(root: nn.Module, report: PassReport) -> None:
         assert layer is not None and bn is not None
         where = f"{path}.{b}" if path else b
         reason = why_not_foldable(layer, bn)
+        if reason is None and isinstance(layer, nn.Linear):
+            reason = "the model does not trace, so the Linear's output layout is unknown"
         if reason is None and (owners[id(layer)] > 1 or owners[id(bn)] > 1):
             reason = "the layer or the norm is shared with another part of the model"
         if reason is not None:
@@ -287,9 +289,10 @@ def fold_batchnorm(
 
     Args:
         model: a model in eval mode.
-        example_input: optional tensor (or tuple) the model accepts; with it, a
-            ``Linear -> BatchNorm1d`` pair is folded only when the activations are
-            ``(N, F)``; without it that is assumed.
+        example_input: optional tensor (or tuple) the model accepts. A
+            ``Linear -> BatchNorm1d`` pair folds only when it shows the activations are
+            ``(N, F)`` (on ``(N, C, L)`` the two act on different dims); without it such
+            pairs are left alone and the report says why.
         with_report: also return a ``PassReport`` of what was folded and skipped.
 
     Returns:
@@ -359,17 +362,22 @@ def fold_owned(
         plans.append((prev, node, in_place))
         if isinstance(layer, nn.Linear):
             linear_pairs.append((prev, node))
-    if linear_pairs and example_input is not None:
-        ranks = _ranks(model, graph, example_input)
-        for prev, node in linear_pairs:
-            if ranks.get(prev.name) != 2:
-                plans = [p for p in plans if p[1] is not node]
-                report.skipped.append(
-                    (
-                        str(node.target),
-                        f"the Linear's output is {ranks.get(prev.name)}-D, not (N, F)",
-                    )
-                )
+    # BatchNorm1d normalises dim 1 and a Linear maps the last dim: they fold only on (N, F)
+    ranks = (
+        _ranks(model, graph, example_input) if linear_pairs and example_input is not None else {}
+    )
+    for prev, node in linear_pairs:
+        rank = ranks.get(prev.name)
+        if rank == 2:
+            continue
+        plans = [p for p in plans if p[1] is not node]
+        why = (
+            f"the Linear's output is {rank}-D, not (N, F)"
+            if example_input is not None
+            else "a Linear -> BatchNorm1d folds only on (N, F) activations; pass example_input "
+            "to show their layout"
+        )
+        report.skipped.append((str(node.target), why))
 
     if all(in_place for _, _, in_place in plans):
         if owned:
@@ -396,7 +404,8 @@ def fold_owned(
             node.replace_all_uses_with(prev)
             report.applied.append(f"{prev.target} <- {node.target}")
         else:
-            target = f"{node.target}_folded"
+            # one folded copy per call of the norm: a norm shared by two layers folds into each
+            target = f"{node.target}_folded_{node.name}".replace(".", "_")
             gm.add_submodule(target, folded)
             with graph.inserting_before(node):
                 new = graph.call_module(target, prev.args, prev.kwargs)

@@ -25,11 +25,11 @@ from torch import fx, nn
 from onebyone.nn.conv import Conv1x1
 from onebyone.transforms._fx import (
     activation_of,
+    any_inplace,
     call_counts,
     drop_identities,
     graph_module,
     is_add,
-    mutates,
     plain_sequentials,
     set_module,
     trace,
@@ -166,12 +166,12 @@ def _fuse_graph(
             # the fused call moves down to the add; nothing in between may overwrite x
             last = m.chain[-1]
             between = [n for n in nodes[order[conv_node] + 1 : order[last]] if n not in m.chain]
-            if isinstance(x, fx.Node) and mutates(between, x, modules):
+            if any_inplace(between, modules):
                 report.skipped.append(
                     (
                         where,
-                        "an in-place op between the convolution and its add overwrites its "
-                        "input; residual not fused",
+                        "an in-place op between the convolution and its add may overwrite its "
+                        "input (or a view of it); residual not fused",
                     )
                 )
                 m = _match(conv_node, own_act, modules, residual=False)

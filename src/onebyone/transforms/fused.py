@@ -2,15 +2,12 @@
 
 ``FusedConv1x1`` (a ``Conv1x1``) and ``FusedConv2d`` (an ``nn.Conv2d``) compute
 ``act(conv(x) + bias + residual)`` or ``act(conv(x) + bias) + residual`` in one
-call. On the CPU without autograd that call takes the oneDNN kernel's
-measured routes: ATen's convolution with the residual and activation in place
-on its fresh output, or, after ``prepack()`` and where the weight outweighs
-the output pixels (``onebyone.kernels.onednn.packing_pays``), oneDNN's fused
-convolution (``torch.ops.mkldnn._convolution_pointwise``, with its ``.binary``
-overload for the residual) on a copy of the weight kept in oneDNN's blocked
-layout (made on the first such call, dropped when the weight changes or
-dies). Elsewhere the same computation runs as PyTorch ops, so a fused model
-works wherever the original did.
+call. ``FusedConv1x1`` calls ``onebyone.conv1x1``; ``FusedConv2d`` takes the
+route ``onebyone.kernels.routing.choose`` gives a non-1x1 convolution: on the
+CPU without autograd, ATen's convolution with the residual and activation in
+place on its fresh output; elsewhere the same computation as PyTorch ops, so a
+fused model works wherever the original did. Neither keeps a copy of its
+weight: a changed weight is used by the next call.
 """
 
 from __future__ import annotations
@@ -21,11 +18,12 @@ import torch
 from torch import nn
 from torch.nn.utils import skip_init
 
-from onebyone import _checks
+from onebyone import _checks, activations
+from onebyone.activations import apply_activation
 from onebyone.functional import conv1x1
-from onebyone.kernels import onednn
-from onebyone.kernels.epilogue import apply_activation, records_grad
-from onebyone.kernels.gemm import is_channels_last
+from onebyone.geometry import conv_output_size, pointwise_output_size
+from onebyone.kernels import onednn, routing
+from onebyone.kernels.epilogue import records_grad
 from onebyone.nn.conv import Conv1x1
 from onebyone.transforms._fx import register_leaf
 
@@ -33,73 +31,6 @@ __all__ = ["RESIDUAL_POSITIONS", "FusedConv1x1", "FusedConv2d"]
 
 RESIDUAL_POSITIONS: tuple[str, ...] = ("before", "after")
 """Where a fused residual is added: ``act(conv + r)`` or ``act(conv) + r``."""
-
-
-class _OneDNNEpilogue:
-    """The oneDNN fast path and its pre-packed weight, shared by both fused modules.
-
-    A subclass provides ``weight``, ``bias``, ``activation``, ``residual_position``
-    and ``_geometry()``.
-    """
-
-    weight: Any
-    bias: Any
-    activation: str | None
-    residual_position: str
-    prepacked: bool
-
-    def _geometry(self) -> tuple[list[int], list[int], list[int], int]:
-        raise NotImplementedError
-
-    def _weight4d(self) -> torch.Tensor:
-        return self.weight
-
-    def prepack(self, enabled: bool = True) -> None:
-        """Keep the weight in oneDNN's blocked layout (made on the next fast call)."""
-        self.prepacked = bool(enabled)
-
-    def _fast(self, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
-        """Whether oneDNN's fused convolution can compute this call."""
-        if x.dim() != 4 or x.dtype != self.weight.dtype:
-            return False
-        needs_grad = records_grad(x, self.weight, self.bias, residual)
-        # the direct oneDNN calls below have no autograd: training runs the PyTorch ops
-        if needs_grad or onednn.unsupported(x, needs_grad) is not None:
-            return False
-        return residual is None or (residual.dtype == x.dtype and residual.dim() == 4)
-
-    def _onednn(
-        self, x: torch.Tensor, residual: torch.Tensor | None, out_shape: tuple[int, ...]
-    ) -> torch.Tensor:
-        padding, stride, dilation, groups = self._geometry()
-        geometry: dict[str, Any] = {
-            "padding": padding, "stride": stride, "dilation": dilation, "groups": groups
-        }  # fmt: skip
-        w4 = self._weight4d().detach()
-        bias = None if self.bias is None else self.bias.detach()
-        before = self.residual_position == "before"
-        if residual is not None and before and tuple(residual.shape) != out_shape:
-            # a broadcast residual: added out of place, then the activation
-            y = onednn.aten_forward(x, w4, bias, None, stride, groups, None, padding=padding,
-                                    dilation=dilation)  # fmt: skip
-            return apply_activation(y + residual, self.activation, inplace=True)
-        fused_residual = residual if before else None
-        pixels = out_shape[0] * out_shape[2] * out_shape[3]
-        reduction = w4.shape[1] * w4.shape[2] * w4.shape[3]  # C/g * kh * kw
-        if (
-            self.prepacked
-            and onednn.packing_pays(out_shape[1] // groups, reduction, pixels)
-            and is_channels_last(x)
-        ):
-            # the packed weight is kept by the kernel while the weight is unchanged
-            w4 = onednn.packed_weight(self.weight, w4, x, **geometry)
-            y = onednn.fused_convolution(
-                x, w4, bias, fused_residual, activation=self.activation, **geometry
-            )
-        else:
-            y = onednn.aten_forward(x, w4, bias, fused_residual, stride, groups, self.activation,
-                                    padding=padding, dilation=dilation)  # fmt: skip
-        return y if residual is None or before else _add_after(y, residual)
 
 
 def _add_after(y: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -110,17 +41,14 @@ def _add_after(y: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
 
 
 @register_leaf
-class FusedConv2d(_OneDNNEpilogue, nn.Conv2d):
+class FusedConv2d(nn.Conv2d):
     """``nn.Conv2d`` with a fused activation and residual add (oneDNN on CPU).
 
     ``forward(x, residual=None)`` returns ``act(conv(x) + bias + residual)``
     (``residual_position="before"``) or ``act(conv(x) + bias) + residual``
     (``"after"``). CPU inference in float32 / bfloat16 is ATen's convolution
-    with the residual and activation in place on its output, or, when prepacked
-    and the weight outweighs the output pixels, one
-    ``torch.ops.mkldnn._convolution_pointwise`` call with post-ops on the
-    packed weight; autograd, other devices and float64 run the same
-    computation with PyTorch ops.
+    with the residual and activation in place on its output; autograd, other
+    devices and float64 run the same computation with PyTorch ops.
 
     Args:
         *args, **kwargs: those of ``nn.Conv2d`` (numeric ``padding``,
@@ -153,11 +81,10 @@ class FusedConv2d(_OneDNNEpilogue, nn.Conv2d):
         nn.Conv2d.__init__(self, *args, **kwargs)
         if isinstance(self.padding, str) or self.padding_mode != "zeros":
             raise _checks.invalid("padding", "numeric zero padding", self.padding)
-        self.activation = _checks.activation(activation)
+        self.activation = activations.activation(activation)
         self.residual_position = _checks.choice(
             "residual_position", residual_position, RESIDUAL_POSITIONS
         )
-        self.prepacked = False
 
     @classmethod
     def from_conv(
@@ -194,26 +121,47 @@ class FusedConv2d(_OneDNNEpilogue, nn.Conv2d):
             out.bias.requires_grad_(conv.bias.requires_grad)
         return out.train(conv.training)
 
-    def _geometry(self) -> tuple[list[int], list[int], list[int], int]:
-        padding = cast(tuple[int, int], self.padding)  # numeric, checked in __init__
-        return list(padding), list(self.stride), list(self.dilation), self.groups
-
     def _out_shape(self, x: torch.Tensor) -> tuple[int, ...]:
-        sizes = []
-        for i, size in enumerate(x.shape[-2:]):
-            k, s, d = self.kernel_size[i], self.stride[i], self.dilation[i]
-            p = int(self.padding[i])
-            sizes.append((size + 2 * p - d * (k - 1) - 1) // s + 1)
+        padding = cast(tuple[int, int], self.padding)  # numeric, checked in __init__
+        sizes = (
+            conv_output_size(size, self.kernel_size[i], self.stride[i], padding[i],
+                             self.dilation[i])
+            for i, size in enumerate(x.shape[-2:])
+        )  # fmt: skip
         return (*x.shape[:-3], self.out_channels, *sizes)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        if self._fast(x, residual):
-            return self._onednn(x, residual, self._out_shape(x))
+        before = self.residual_position == "before"
+        needs_grad = records_grad(x, self.weight, self.bias, residual)
+        if (
+            x.dim() == 4
+            and x.dtype == self.weight.dtype
+            and (routing.choose("auto", x, needs_grad, None) is onednn)
+        ):
+            geometry: dict[str, Any] = {
+                "padding": cast(tuple[int, int], self.padding), "dilation": self.dilation
+            }  # fmt: skip
+            args = (x, self.weight, self.bias)
+            fusable = (
+                residual is not None
+                and before
+                and tuple(residual.shape) == self._out_shape(x)
+                and residual.dtype == x.dtype
+            )
+            if residual is None or fusable:
+                return onednn.aten_forward(
+                    *args, residual, self.stride, self.groups, self.activation, **geometry
+                )
+            act = None if before else self.activation
+            y = onednn.aten_forward(*args, None, self.stride, self.groups, act, **geometry)
+            if before:  # a broadcast residual: added out of place, then the activation
+                return apply_activation(y + residual, self.activation, inplace=True)
+            return _add_after(y, residual)
         y = self._conv_forward(x, self.weight, self.bias)
-        if residual is not None and self.residual_position == "before":
+        if residual is not None and before:
             y = y + residual
         y = apply_activation(y, self.activation, inplace=not torch.is_grad_enabled())
-        if residual is not None and self.residual_position == "after":
+        if residual is not None and not before:
             y = _add_after(y, residual)
         return y
 
@@ -226,15 +174,13 @@ class FusedConv2d(_OneDNNEpilogue, nn.Conv2d):
 
 
 @register_leaf
-class FusedConv1x1(_OneDNNEpilogue, Conv1x1):
+class FusedConv1x1(Conv1x1):
     """``Conv1x1`` whose residual may also be added after the activation.
 
     ``forward(x, residual=None)`` returns ``act(conv1x1(x) + bias + residual)``
     (``residual_position="before"``: one ``onebyone.conv1x1`` call) or
     ``act(conv1x1(x) + bias) + residual`` (``"after"``: the add runs in place
-    on the fresh output). A residual of another shape is broadcast. With
-    ``prepack()`` CPU inference calls oneDNN directly, with the blocked weight
-    where packing pays.
+    on the fresh output). A residual of another shape is broadcast.
 
     Args:
         in_channels, out_channels: ``C``, ``K``.
@@ -267,7 +213,6 @@ class FusedConv1x1(_OneDNNEpilogue, Conv1x1):
         self.residual_position = _checks.choice(
             "residual_position", residual_position, RESIDUAL_POSITIONS
         )
-        self.prepacked = False
 
     @classmethod
     def from_module(
@@ -318,19 +263,13 @@ class FusedConv1x1(_OneDNNEpilogue, Conv1x1):
             out.bias.requires_grad_(conv.bias.requires_grad)
         return out.train(conv.training)
 
-    def _geometry(self) -> tuple[list[int], list[int], list[int], int]:
-        return [0, 0], list(self.stride), [1, 1], self.groups
-
-    def _weight4d(self) -> torch.Tensor:
-        return self.weight.reshape(*self.weight.shape, 1, 1)  # (K, C/g) -> (K, C/g, 1, 1)
-
     def _out_shape(self, x: torch.Tensor) -> tuple[int, ...]:
         sh, sw = self.stride
-        return (*x.shape[:-3], self.out_channels, -(-x.shape[-2] // sh), -(-x.shape[-1] // sw))
+        h, w = x.shape[-2:]
+        return (*x.shape[:-3], self.out_channels, pointwise_output_size(h, sh),
+                pointwise_output_size(w, sw))  # fmt: skip
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        if self.prepacked and self._fast(x, residual):
-            return self._onednn(x, residual, self._out_shape(x))
         common: dict[str, Any] = {"stride": self.stride, "groups": self.groups}
         if residual is None:
             return conv1x1(x, self.weight, self.bias, activation=self.activation, **common)

@@ -4,9 +4,7 @@ oneDNN computes convolutions on channels-last (NHWC) activations without
 reordering them first, so a model whose inputs enter channels-last keeps every
 intermediate map channels-last. ``to_channels_last`` converts the weights and
 wraps the model so its inputs are converted once, at the entry, and 4-D
-outputs return in the caller's layout. ``prepack_weights`` asks every fused
-convolution to keep its weight in oneDNN's blocked layout where that pays (see
-``FusedConv2d.prepack``). ``cast`` runs a model in another dtype behind the
+outputs return in the caller's layout. ``cast`` runs a model in another dtype behind the
 same interface.
 """
 
@@ -19,15 +17,12 @@ import torch
 from torch import nn
 
 from onebyone.transforms.fold import check_model
-from onebyone.transforms.fused import FusedConv1x1, FusedConv2d
 
 __all__ = [
     "CastDtype",
     "ChannelsLast",
     "cast",
     "channels_last_owned",
-    "prepack_owned",
-    "prepack_weights",
     "to_channels_last",
 ]
 
@@ -110,41 +105,6 @@ def channels_last_owned(model: nn.Module) -> ChannelsLast:
     """``to_channels_last`` converting ``model`` itself (no copy)."""
     converted = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return ChannelsLast(converted).train(model.training)
-
-
-def prepack_weights(model: nn.Module) -> tuple[nn.Module, int]:
-    """A copy of ``model`` whose fused convolutions keep oneDNN-blocked weights.
-
-    Each ``FusedConv1x1`` / ``FusedConv2d`` whose weight outweighs its output
-    pixels (``onebyone.kernels.onednn.packing_pays``) reorders its weight once,
-    on its first channels-last CPU inference call, instead of on every call;
-    the others keep ATen's convolution, which measured faster for them.
-
-    Returns:
-        ``(copy, number of fused convolutions set to pre-pack)``.
-
-    Example:
-        >>> import torch
-        >>> from torch import nn
-        >>> import onebyone as obo
-        >>> from onebyone.transforms import prepack_weights
-        >>> fused = obo.fuse_epilogues(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()).eval())
-        >>> prepack_weights(fused)[1]
-        1
-    """
-    check_model(model)
-    result = copy.deepcopy(model)
-    return result, prepack_owned(result)
-
-
-def prepack_owned(model: nn.Module) -> int:
-    """``prepack_weights`` on ``model`` itself (no copy); returns the count."""
-    count = 0
-    for m in model.modules():
-        if isinstance(m, (FusedConv1x1, FusedConv2d)):
-            m.prepack()
-            count += 1
-    return count
 
 
 class CastDtype(nn.Module):

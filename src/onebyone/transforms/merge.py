@@ -27,9 +27,9 @@ from torch import fx, nn
 from onebyone.nn.conv import Conv1x1
 from onebyone.transforms._fx import (
     activation_of,
+    any_inplace,
     call_counts,
     graph_module,
-    mutates,
     owner_counts,
     plain_sequentials,
     set_module,
@@ -393,9 +393,9 @@ def _merge_siblings(model: nn.Module, report: PassReport) -> nn.Module:
             act = cast("str | None", group_key[-1])
             first, final = members[0][0], max((m[1] for m in members), key=order.__getitem__)
             between = [n for n in graph.nodes if order[first] < order[n] < order[final]]
-            if mutates(between, value, modules):
+            if any_inplace(between, modules):
                 report.skipped.append(
-                    (str(first.target), "an in-place op changes the shared input")
+                    (str(first.target), "an in-place op may change the shared input")
                 )
                 continue
             plans.append((value, members, act))

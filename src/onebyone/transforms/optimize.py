@@ -32,7 +32,7 @@ from onebyone.transforms._fx import activation_of, compute_nodes, is_add, trace
 from onebyone.transforms.fold import _BN_TYPES, check_eval, check_model, fold_owned
 from onebyone.transforms.fuse import fuse_owned
 from onebyone.transforms.fused import FusedConv1x1, FusedConv2d
-from onebyone.transforms.layout import cast, channels_last_owned, prepack_owned
+from onebyone.transforms.layout import cast, channels_last_owned
 from onebyone.transforms.merge import merge_owned
 from onebyone.transforms.onnx_export import OnnxExportError, build_onnx
 from onebyone.transforms.ort_engine import OnnxRuntimeModule, onnxruntime_available
@@ -227,10 +227,8 @@ def _check_inputs(model: nn.Module, inputs: Sequence[torch.Tensor]) -> None:
 
 def _torch_engine(fused: nn.Module, dtype: torch.dtype) -> tuple[nn.Module, PassReport]:
     report = PassReport("layout")
-    count = prepack_owned(fused)
     model: nn.Module = channels_last_owned(fused)
     report.applied.append("activations and weights channels-last (inputs converted once)")
-    report.applied.append(f"{count} convolution weights pre-packed in oneDNN's blocked layout")
     if dtype != torch.float32:
         model = cast(model, dtype)
         report.applied.append(f"parameters cast to {dtype}; inputs cast at the entry")
