@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test sweep bench lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+sweep: $(STAMP)
+	$(BIN)/python -m pytest -q tests/test_timm_sweep.py -m "sweep or not sweep"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_op.py

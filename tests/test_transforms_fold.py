@@ -9,7 +9,6 @@ from torch import fx, nn
 import onebyone as obo
 from onebyone.nn import Conv1x1
 from onebyone.transforms import fold_bn_weights, fold_conv_bn
-from onebyone.transforms.optimize import count_layers
 from transform_models import (
     BN_TYPES,
     CalledTwice,
@@ -21,6 +20,7 @@ from transform_models import (
     conv_bn_relu,
     randomize_norms,
     snapshot,
+    tally,
 )
 
 
@@ -222,8 +222,8 @@ def test_every_builtin_model_folds_exactly(name: str) -> None:
     x = torch.randn(1, 3, 32, 32)
     folded, report = obo.fold_batchnorm(model, x, with_report=True)
     assert report.traced
-    counts = count_layers(folded)
-    assert counts is not None and counts.batch_norms == 0
+    counts = tally(folded)
+    assert counts.batch_norms == 0
     assert report.count == _norms(model)
     assert obo.verify(model, folded, x).ok
     assert_unchanged(model, before)

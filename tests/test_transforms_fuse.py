@@ -14,7 +14,6 @@ import onebyone as obo
 from onebyone.kernels.epilogue import apply_activation
 from onebyone.nn import Conv1x1
 from onebyone.transforms import FusedConv1x1, FusedConv2d
-from onebyone.transforms.optimize import count_layers
 from transform_models import (
     AddAfterActivation,
     ResidualBlock,
@@ -24,6 +23,7 @@ from transform_models import (
     conv_bn_relu,
     randomize_norms,
     snapshot,
+    tally,
 )
 
 CASES = [(act, pos) for act in (None, *obo.ACTIVATIONS) for pos in ("before", "after")]
@@ -164,8 +164,7 @@ def test_residual_block_fuses_its_add_and_relus(projection: bool) -> None:
     epilogues = [a for a in report.applied if "->" in a]
     assert sum("+ residual -> relu" in a for a in epilogues) == 1
     assert "conv1 -> relu" in epilogues and "conv2 -> relu" in epilogues
-    counts = count_layers(fused)
-    assert counts is not None
+    counts = tally(fused)
     assert (counts.activations, counts.adds, counts.batch_norms) == (0, 0, 0)
     assert counts.convolutions == (4 if projection else 3)
     assert obo.verify(model, fused, torch.randn(2, 16, 8, 8)).max_rel < 1e-5
@@ -235,8 +234,7 @@ def test_every_builtin_model_fuses_every_epilogue(name: str) -> None:
     model = randomize_norms(obo.create_model(name))
     before = snapshot(model)
     fused = obo.fuse_epilogues(model)
-    original, after = count_layers(model), count_layers(fused)
-    assert original is not None and after is not None
+    original, after = tally(model), tally(fused)
     # every convolution is fused; every activation and add followed a convolution
     assert len(_fused(fused)) == original.convolutions == after.convolutions
     assert (after.activations, after.adds, after.batch_norms) == (0, 0, 0)

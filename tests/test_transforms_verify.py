@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -111,3 +112,48 @@ def test_bad_arguments(kwargs: dict[str, object], error: type, match: str) -> No
     args.update(kwargs)
     with pytest.raises(error, match=match):
         obo.verify(**args)  # type: ignore[arg-type]
+
+
+class _WritesItsInput(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.relu_() * 2
+
+
+def test_a_model_that_writes_to_its_input_is_run_on_clones() -> None:
+    x = torch.randn(3, 4)
+    kept = x.clone()
+    model = _WritesItsInput()
+    report = obo.verify(model, copy.deepcopy(model), x)
+    assert report.ok and report.max_abs == 0.0
+    assert torch.equal(x, kept)
+
+
+class _Keys(nn.Module):
+    def __init__(self, order: tuple[str, str]) -> None:
+        super().__init__()
+        self.order = order
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        values = {"a": x + 1, "b": x * 2}
+        return {k: values[k] for k in self.order}
+
+
+def test_dict_outputs_compare_by_key_whatever_their_order() -> None:
+    x = torch.randn(2, 3)
+    assert obo.verify(_Keys(("a", "b")), _Keys(("b", "a")), x).ok
+
+
+def test_a_candidate_of_another_dtype_is_reported() -> None:
+    x = torch.randn(2, 3)
+    wider = nn.Sequential(_Keys(("a", "b")))
+    with pytest.raises(obo.VerificationError, match=r"dtype torch\.float64 differs"):
+        obo.verify(_Keys(("a", "b")), _DoubleOut(wider), x)
+
+
+class _DoubleOut(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {k: v.double() for k, v in self.inner(x).items()}

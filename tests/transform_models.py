@@ -4,6 +4,7 @@ statistics (so folding them is never the identity)."""
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -162,3 +163,36 @@ def conv_bn_relu(
 
 def copy_of(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model)
+
+
+@dataclass(frozen=True)
+class GraphTally:
+    """What a model's ``torch.fx`` graph computes, by kind (fused epilogues count as their
+    convolution)."""
+
+    convolutions: int
+    batch_norms: int
+    activations: int
+    adds: int
+
+
+def tally(model: nn.Module) -> GraphTally:
+    """Count the convolutions, norms, standalone activations and adds in ``model``'s graph."""
+    from onebyone.transforms import FusedConv1x1, FusedConv2d
+    from onebyone.transforms._fx import activation_of, compute_nodes, is_add, trace
+
+    graph, why = trace(model)
+    assert graph is not None, why
+    modules = dict(model.named_modules())
+    convs = norms = acts = adds = 0
+    for n in compute_nodes(graph):
+        m = modules.get(str(n.target)) if n.op == "call_module" else None
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, Conv1x1, FusedConv1x1, FusedConv2d)):
+            convs += 1
+        elif isinstance(m, BN_TYPES):
+            norms += 1
+        elif activation_of(n, modules) is not None:
+            acts += 1
+        elif is_add(n):
+            adds += 1
+    return GraphTally(convs, norms, acts, adds)

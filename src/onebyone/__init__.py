@@ -7,21 +7,20 @@ torch.Size([1, 32, 8, 8])
 
 from importlib.metadata import PackageNotFoundError, version
 
-from onebyone import models, nn, numpy, transforms
+from onebyone import deploy, models, nn, numpy, transforms
 from onebyone.activations import ACTIVATIONS
 from onebyone.cost import CONVENTION, Cost, conv_cost
+from onebyone.deploy import EngineUnavailableError, OptimizeReport, optimize
 from onebyone.functional import BACKENDS, BackendUnavailableError, conv1x1, decompositions
 from onebyone.models import create_model, list_models
 from onebyone.profiling import MachinePeak, Profile, machine_peak, profile
 from onebyone.transforms import (
-    OptimizeReport,
     PassReport,
     VerificationError,
     VerifyReport,
     fold_batchnorm,
     fuse_epilogues,
     merge_pointwise,
-    optimize,
     to_channels_last,
     verify,
 )
@@ -39,6 +38,7 @@ __all__ = [
     "LAYOUTS",
     "BackendUnavailableError",
     "Cost",
+    "EngineUnavailableError",
     "MachinePeak",
     "OptimizeReport",
     "PassReport",
@@ -51,6 +51,7 @@ __all__ = [
     "convert_weight",
     "create_model",
     "decompositions",
+    "deploy",
     "fold_batchnorm",
     "fuse_epilogues",
     "list_models",

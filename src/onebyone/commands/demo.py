@@ -25,6 +25,7 @@ from rich.table import Table
 import onebyone as obo
 from onebyone import _checks
 from onebyone.commands.explain import render_worked_example
+from onebyone.deploy import optimize
 from onebyone.explain import worked_example
 from onebyone.explain.digits import (
     DigitsData,
@@ -33,7 +34,6 @@ from onebyone.explain.digits import (
     load_digits_split,
     train_digits,
 )
-from onebyone.transforms import optimize
 
 EPOCHS = 20
 """Training epochs of the full tour."""
@@ -362,10 +362,9 @@ def _optimize(console: Console, result: TrainingResult) -> dict[str, Any]:
     with torch.inference_mode():
         same = bool(torch.equal(fast(x).argmax(dim=1), result.model(x).argmax(dim=1)))
     table = Table("", "before", "after", title=f"one batch of all {len(x)} test images")
-    table.add_row("operations in the graph", str(report.layers_before), str(report.layers_after))
     verified, speedup = report.verify, report.speedup
     if verified is None or speedup is None:
-        raise RuntimeError("onebyone.optimize returned no verification or no timing")
+        raise RuntimeError("onebyone.optimize kept the original model or measured no timing")
     table.add_row(
         "latency (median)",
         f"{report.latency_before_ms:.2f} ms",
@@ -373,7 +372,10 @@ def _optimize(console: Console, result: TrainingResult) -> dict[str, Any]:
     )
     console.print(table)
     passes = ", ".join(f"{name} {count}" for name, count in report.pass_counts().items())
-    console.print(f"  passes: {passes}; engine: {report.engine} (chosen by measuring)")
+    console.print(
+        f"  captured by {report.capture}; passes: {passes}; engine: {report.engine} "
+        "(chosen by measuring every installed engine side by side)"
+    )
     console.print(
         f"  verified on all {len(x)} test images: max |error| {verified.max_abs:.2e}, "
         f"relative {verified.max_rel:.2e} (tolerance rtol {verified.rtol:g}, atol "

@@ -1,10 +1,11 @@
-"""``onebyone optimize MODEL``: fold, merge, fuse and verify a model; optionally write ONNX.
+"""``onebyone optimize MODEL``: a model made faster, verified, and written as deployable files.
 
 Calls ``onebyone.optimize`` on a random input of the given shape and prints its
-report. ``--onnx FILE`` also writes the folded model as ONNX (atomically: a
-temporary file in the same folder, then a rename; an existing file is kept
-unless ``--force``), runs that file in ONNX Runtime and prints how far its
-output is from the original model's.
+report: how the model was captured, what the passes did, every candidate engine
+with its latency and measured error. ``--onnx FILE`` and ``--openvino DIR`` also
+write the optimised graph (checked before any work starts: an existing target is
+kept unless ``--force``; written atomically, and only once everything succeeded),
+ready for an existing serving engine.
 """
 
 from __future__ import annotations
@@ -22,36 +23,28 @@ from torch import nn
 
 from onebyone import _checks
 from onebyone.commands.analyze import load_weights, parse_input, parse_options, resolve_model
-from onebyone.transforms import OptimizeReport, export_onnx, optimize
-from onebyone.transforms.fold import fold_owned
-from onebyone.transforms.merge import merge_owned
-from onebyone.transforms.optimize import ENGINES
-from onebyone.transforms.verify import compare, default_tolerance
+from onebyone.deploy import ENGINES, PRECISIONS, OptimizeReport, optimize, save_onnx, save_openvino
+from onebyone.models.external import is_external, load_external
 
 __all__ = ["register", "run", "write_atomically"]
-
-_DTYPES = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "optimize",
-        help="fold, merge and fuse a model for CPU inference, with outputs verified equal",
+        help="make a model faster on the engines users pick, with outputs verified equal",
         description=(
-            "Apply fold_batchnorm -> merge_pointwise -> fuse_epilogues -> layout to MODEL, "
-            "check the result against the original on a random input and report what "
-            "changed, the error and the latency before and after."
+            "Capture MODEL with torch.export, fold its norms and merge its 1x1 convolutions, "
+            "build every installed engine (torch, ONNX Runtime, OpenVINO), check each "
+            "against the original on a random input and on another batch size, and keep "
+            "the fastest. Optionally write the result as ONNX or OpenVINO IR."
         ),
     )
     p.add_argument(
         "model",
         metavar="MODEL",
-        help="a registered model name (onebyone.list_models()) or package.module:factory",
+        help="a registered model name (onebyone.list_models()), timm:NAME, torchvision:NAME "
+        "or package.module:factory",
     )
     p.add_argument(
         "--input", default="1x3x224x224", metavar="SHAPE", help="input shape (default 1x3x224x224)"
@@ -70,21 +63,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(read with weights_only=True)",
     )
     p.add_argument(
-        "--dtype",
-        default="fp32",
-        choices=sorted(_DTYPES),
-        help="compute dtype (bf16 where the CPU supports it; the error is reported)",
+        "--precision",
+        default="float32",
+        choices=PRECISIONS,
+        help="float32 (exact within its rounding) or bfloat16 (lossy by choice, where the "
+        "CPU has it; its error is reported)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        metavar="REL",
+        help="largest relative error a candidate may have (default: 1e-4 for float32, "
+        "6e-2 for bfloat16); with --precision bfloat16 float32 candidates compete too",
     )
     p.add_argument(
         "--engine",
         default="auto",
         choices=ENGINES,
-        help="execution engine; auto measures both and keeps the faster",
+        help="execution engine; auto builds every installed one and keeps the fastest",
     )
-    p.add_argument("--onnx", metavar="FILE", help="also write the folded model as ONNX")
-    p.add_argument("--force", action="store_true", help="overwrite an existing --onnx file")
+    p.add_argument("--onnx", metavar="FILE", help="also write the optimised graph as ONNX")
+    p.add_argument(
+        "--openvino", metavar="DIR", help="also write it as OpenVINO IR (DIR/model.xml + .bin)"
+    )
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
     p.set_defaults(run=run)
+
+
+def _target(flag: str, value: str | None, force: bool) -> Path | None:
+    """Check an output path before any work: not empty, in an existing folder, new (or
+    ``--force``)."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise _checks.invalid(flag, "a path (it is empty)", value)
+    path = Path(value)
+    if not (path.parent if str(path.parent) else Path(".")).is_dir():
+        raise _checks.invalid(flag, "a path in an existing folder", value)
+    if path.exists() and not force:
+        raise _checks.invalid(flag, "a path that does not exist yet (or --force)", value)
+    return path
 
 
 def write_atomically(path: Path, data: bytes, *, force: bool) -> None:
@@ -93,12 +112,8 @@ def write_atomically(path: Path, data: bytes, *, force: bool) -> None:
     Raises:
         ValueError: ``path`` exists and ``force`` is False, or its folder does not exist.
     """
-    if path.exists() and not force:
-        raise _checks.invalid("--onnx", "a file that does not exist yet (or --force)", str(path))
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise _checks.invalid("--onnx", "a path in an existing folder", str(path))
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    _target("path", str(path), force)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(data)
@@ -134,87 +149,101 @@ def _print_report(
     console: Console, spec: str, shape: tuple[int, ...], report: OptimizeReport
 ) -> None:
     console.print(
-        f"[bold]onebyone optimize {spec}[/]: input {'x'.join(map(str, shape))}, "
-        f"engine {report.engine}, {report.dtype}, prepared in {report.prepare_s:.2f} s"
+        f"[bold]onebyone optimize {spec}[/]: input {'x'.join(map(str, shape))}; kept "
+        f"[bold]{report.engine}[/] ({report.precision}), prepared in {report.prepare_s:.1f} s"
     )
-    passes = Table(title="passes")
+    batch = "any batch size" if report.dynamic_batch else "the example's batch size only"
+    console.print(f"captured by {report.capture} ({batch})")
+    for route, why in report.capture_attempts:
+        console.print(f"  {route} did not work: {why}")
+    passes = Table(title="passes on the graph")
     for column in ("pass", "applied", "skipped", "first skipped (why)"):
         passes.add_column(column, justify="right" if column in ("applied", "skipped") else "left")
     for p in report.passes:
         why = f"{p.skipped[0][0]}: {p.skipped[0][1]}" if p.skipped else ""
         passes.add_row(p.name, str(p.count), str(len(p.skipped)), why[:90])
     console.print(passes)
-    layers = Table(title="operations on the model's graph")
-    for column in ("", "total", "conv", "batch norm", "activation", "add"):
-        layers.add_column(column, justify="left" if not column else "right")
-    for label, counts in (("before", report.layers_before), ("after", report.layers_after)):
-        if counts is None:
-            layers.add_row(label, "does not trace", "", "", "", "")
-        else:
-            layers.add_row(
-                label,
-                str(counts.total),
-                str(counts.convolutions),
-                str(counts.batch_norms),
-                str(counts.activations),
-                str(counts.adds),
-            )
-    console.print(layers)
-    summary = Table(title="result", show_header=False)
-    summary.add_column("what")
-    summary.add_column("value", justify="right")
-    if report.engine_ms:
-        for name, ms in report.engine_ms.items():
-            summary.add_row(f"engine {name} (best of the selection runs)", _ms(ms))
-    if report.verify is not None:
-        summary.add_row("max abs error vs original", f"{report.verify.max_abs:.3g}")
-        summary.add_row("max rel error vs original", f"{report.verify.max_rel:.3g}")
-        summary.add_row("tolerance (rtol, atol)", f"{report.verify.rtol:g}, {report.verify.atol:g}")
-    summary.add_row("latency before (median)", _ms(report.latency_before_ms))
-    summary.add_row("latency after (median)", _ms(report.latency_after_ms))
+    table = Table(title=f"candidates (tolerance: relative error {report.tolerance:g})")
+    for column in ("engine", "precision", "latency", "max rel error", "top-1", "build", "note"):
+        table.add_column(column, justify="left" if column in ("engine", "note") else "right")
+    for c in report.candidates:
+        chosen = (c.engine, c.precision) == (report.engine, report.precision)
+        note = "kept" if chosen else ("" if c.ok else c.why[:70])
+        table.add_row(
+            c.engine,
+            c.precision,
+            _ms(c.latency_ms),
+            "-" if c.max_rel_error is None else f"{c.max_rel_error:.2g}",
+            "-" if c.top1_agreement is None else f"{c.top1_agreement:.1%}",
+            f"{c.build_s:.1f} s" if c.build_s else "-",
+            note,
+        )
+    console.print(table)
     if report.speedup is not None:
-        summary.add_row("speed-up", f"{report.speedup:.2f}x")
-    console.print(summary)
+        console.print(
+            f"latency {_ms(report.latency_before_ms)} -> {_ms(report.latency_after_ms)}: "
+            f"speed-up {report.speedup:.2f}x"
+        )
+    if report.verify is not None:
+        other = report.verify_other
+        console.print(
+            f"max rel error vs original: {report.verify.max_rel:.3g} on the example"
+            + ("" if other is None else f", {other.max_rel:.3g} on another batch size")
+        )
+    if report.peak_rss_mb is not None:
+        console.print(f"peak memory (RSS): {report.peak_rss_mb:.0f} MB")
     for note in report.notes:
         console.print(f"note: {note}")
 
 
-def _onnx(console: Console, model: nn.Module, x: torch.Tensor, path: Path, force: bool) -> None:
-    import onnxruntime as ort
-
-    folded, _ = fold_owned(model, x, owned=False)
-    merged, _ = merge_owned(folded, True, owned=True)
-    data, how = export_onnx(merged, x)
-    write_atomically(path, data, force=force)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: x.numpy()}
-    outputs = [torch.from_numpy(o) for o in session.run(None, feed)]
-    with torch.inference_mode():
-        reference = model(x)
-    got: object = outputs[0] if isinstance(reference, torch.Tensor) else tuple(outputs)
-    rtol, atol = default_tolerance(torch.float32)
-    result = compare(reference, got, rtol=rtol, atol=atol)
-    state = "within" if result.ok else "BEYOND"
-    console.print(
-        f"wrote {path} ({len(data) / 1e6:.1f} MB, exported by {how}); ONNX Runtime vs the "
-        f"original: max abs {result.max_abs:.3g}, max rel {result.max_rel:.3g} "
-        f"({state} rtol={rtol:g}, atol={atol:g})"
-    )
+def _model(spec: str, options: dict[str, object]) -> nn.Module:
+    if is_external(spec):
+        return load_external(spec, **options)
+    return resolve_model(spec, options)
 
 
 def run(args: argparse.Namespace) -> int:
     console = Console()
     shape = parse_input(args.input)
-    model = resolve_model(args.model, parse_options(args.option))
+    onnx_path = _target("--onnx", args.onnx, args.force)
+    openvino_path = _target("--openvino", args.openvino, args.force)
+    model = _model(args.model, parse_options(args.option))
     if args.weights:
         _load(model, args.weights, args.model)
     model.eval()
-    target = Path(args.onnx) if args.onnx else None
-    if target is not None and target.exists() and not args.force:  # refuse before any work
-        raise _checks.invalid("--onnx", "a file that does not exist yet (or --force)", str(target))
     x = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed))
-    _, report = optimize(model, x, dtype=_DTYPES[args.dtype], engine=args.engine)
+    with console.status("optimizing") as status:
+        _, report = optimize(
+            model,
+            x,
+            precision=args.precision,
+            tolerance=args.tolerance,
+            engine=args.engine,
+            progress=lambda message: status.update(f"optimizing: {message}"),
+        )
     _print_report(console, args.model, shape, report)
-    if target is not None:
-        _onnx(console, model, x, target, args.force)
+    if (onnx_path or openvino_path) and report.program is None:
+        raise RuntimeError(
+            "no file written: --onnx and --openvino need a torch.export capture "
+            f"({report.capture_attempts[-1][1] if report.capture_attempts else report.capture})"
+        )
+    tolerance = 1e-4 if args.tolerance is None else float(args.tolerance)
+    if onnx_path is not None:
+        with console.status("writing ONNX"):
+            path, verified = save_onnx(
+                report.program, (x,), onnx_path, original=model, tolerance=tolerance
+            )
+        console.print(
+            f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, ONNX); ONNX Runtime vs the "
+            f"original: max rel error {verified.max_rel:.3g}"
+        )
+    if openvino_path is not None:
+        with console.status("writing OpenVINO IR"):
+            xml, verified = save_openvino(
+                report.program, (x,), openvino_path, original=model, tolerance=tolerance
+            )
+        console.print(
+            f"wrote {xml} and {xml.with_suffix('.bin').name} (OpenVINO IR, float32); OpenVINO "
+            f"vs the original: max rel error {verified.max_rel:.3g}"
+        )
     return 0

@@ -40,7 +40,6 @@ __all__ = [
     "fold_batchnorm",
     "fold_bn_weights",
     "fold_conv_bn",
-    "fold_owned",
 ]
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -320,19 +319,19 @@ def fold_batchnorm(
     """
     check_model(model)
     check_eval(model)
-    result, report = fold_owned(model, example_input, owned=False)
+    result, report = _fold_model(model, example_input, in_place=False)
     return (result, report) if with_report else result
 
 
-def fold_owned(
-    model: nn.Module, example_input: object, *, owned: bool
+def _fold_model(
+    model: nn.Module, example_input: object, *, in_place: bool
 ) -> tuple[nn.Module, PassReport]:
-    """``fold_batchnorm``'s work; with ``owned`` the caller hands ``model`` over and it may
-    be changed in place instead of copied."""
+    """``fold_batchnorm``'s work; with ``in_place`` the caller hands ``model`` over and it
+    may be changed instead of copied."""
     graph, why = trace(model)
     report = PassReport("fold_batchnorm", traced=graph is not None)
     if graph is None:
-        result = model if owned else copy.deepcopy(model)
+        result = model if in_place else copy.deepcopy(model)
         _fold_sequentials(result, report)
         report.skipped.append(
             ("model", f"does not trace ({why}); only layers adjacent in nn.Sequential folded")
@@ -341,7 +340,7 @@ def fold_owned(
 
     modules = dict(model.named_modules())
     counts = call_counts(graph)
-    plans: list[tuple[fx.Node, fx.Node, bool]] = []  # (layer node, norm node, in place)
+    plans: list[tuple[fx.Node, fx.Node, bool]] = []  # (layer, norm, swap the modules)
     linear_pairs = []
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(modules.get(str(node.target)), _BN_TYPES):
@@ -358,8 +357,8 @@ def fold_owned(
         if reason is not None:
             report.skipped.append((where, reason))
             continue
-        in_place = counts[str(prev.target)] == 1 and counts[where] == 1 and len(prev.users) == 1
-        plans.append((prev, node, in_place))
+        swap = counts[str(prev.target)] == 1 and counts[where] == 1 and len(prev.users) == 1
+        plans.append((prev, node, swap))
         if isinstance(layer, nn.Linear):
             linear_pairs.append((prev, node))
     # BatchNorm1d normalises dim 1 and a Linear maps the last dim: they fold only on (N, F)
@@ -379,8 +378,8 @@ def fold_owned(
         )
         report.skipped.append((str(node.target), why))
 
-    if all(in_place for _, _, in_place in plans):
-        if owned:
+    if all(swap for _, _, swap in plans):
+        if in_place:
             result = model
         else:
             # the layers and norms about to be replaced are not worth copying
@@ -396,10 +395,10 @@ def fold_owned(
             report.applied.append(f"{prev.target} <- {node.target}")
         return result, report
 
-    gm = graph_module(model if owned else copy.deepcopy(model), graph, model)
-    for prev, node, in_place in plans:
+    gm = graph_module(model if in_place else copy.deepcopy(model), graph, model)
+    for prev, node, swap in plans:
         folded = fold_conv_bn(modules[str(prev.target)], modules[str(node.target)])
-        if in_place:
+        if swap:
             set_module(gm, str(prev.target), folded)
             node.replace_all_uses_with(prev)
             report.applied.append(f"{prev.target} <- {node.target}")

@@ -34,11 +34,11 @@ from onebyone.transforms._fx import (
     set_module,
     trace,
 )
-from onebyone.transforms.fold import check_eval, check_model, fold_owned
+from onebyone.transforms.fold import _fold_model, check_eval, check_model
 from onebyone.transforms.fused import FusedConv1x1, FusedConv2d
 from onebyone.transforms.report import PassReport
 
-__all__ = ["fuse_epilogues", "fuse_owned"]
+__all__ = ["fuse_epilogues"]
 
 
 def _is_1x1(m: nn.Module) -> bool:
@@ -140,12 +140,12 @@ def _match(
 
 
 def _fuse_graph(
-    model: nn.Module, graph: fx.Graph, report: PassReport, *, owned: bool
+    model: nn.Module, graph: fx.Graph, report: PassReport, *, in_place: bool
 ) -> fx.GraphModule:
     modules = dict(model.named_modules())
     drop_identities(graph, modules, dropout=True)
     counts = call_counts(graph)
-    gm = graph_module(model if owned else copy.deepcopy(model), graph, model)
+    gm = graph_module(model if in_place else copy.deepcopy(model), graph, model)
     nodes = list(graph.nodes)
     order = {n: i for i, n in enumerate(nodes)}
     for conv_node in nodes:
@@ -273,19 +273,19 @@ def fuse_epilogues(
     """
     check_model(model)
     check_eval(model)
-    folded, fold_report = fold_owned(model, None, owned=False)
-    result, report = fuse_owned(folded, owned=True)
+    folded, fold_report = _fold_model(model, None, in_place=False)
+    result, report = _fuse_model(folded, in_place=True)
     report.applied[:0] = fold_report.applied
     return (result, report) if with_report else result
 
 
-def fuse_owned(model: nn.Module, *, owned: bool) -> tuple[nn.Module, PassReport]:
+def _fuse_model(model: nn.Module, *, in_place: bool) -> tuple[nn.Module, PassReport]:
     """``fuse_epilogues``'s work on a model whose batch norms are folded already; with
-    ``owned`` ``model`` may be changed in place."""
+    ``in_place`` ``model`` may be changed instead of copied."""
     graph, why = trace(model)
     report = PassReport("fuse_epilogues", traced=graph is not None)
     if graph is None:
-        result = model if owned else copy.deepcopy(model)
+        result = model if in_place else copy.deepcopy(model)
         _fuse_sequentials(result, report)
         report.skipped.append(
             (
@@ -295,4 +295,4 @@ def fuse_owned(model: nn.Module, *, owned: bool) -> tuple[nn.Module, PassReport]
             )
         )
         return result, report
-    return _fuse_graph(model, graph, report, owned=owned), report
+    return _fuse_graph(model, graph, report, in_place=in_place), report

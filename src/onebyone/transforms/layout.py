@@ -22,7 +22,6 @@ __all__ = [
     "CastDtype",
     "ChannelsLast",
     "cast",
-    "channels_last_owned",
     "to_channels_last",
 ]
 
@@ -98,12 +97,7 @@ def to_channels_last(model: nn.Module) -> ChannelsLast:
         True
     """
     check_model(model)
-    return channels_last_owned(copy.deepcopy(model))
-
-
-def channels_last_owned(model: nn.Module) -> ChannelsLast:
-    """``to_channels_last`` converting ``model`` itself (no copy)."""
-    converted = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    converted = copy.deepcopy(model).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return ChannelsLast(converted).train(model.training)
 
 

@@ -45,7 +45,7 @@ from onebyone.transforms.fold import (
 )
 from onebyone.transforms.report import PassReport
 
-__all__ = ["merge_owned", "merge_pointwise", "merge_pointwise_weights"]
+__all__ = ["merge_pointwise", "merge_pointwise_weights"]
 
 
 def merge_pointwise_weights(
@@ -300,17 +300,20 @@ def merge_pointwise(
             "Invalid value for argument `siblings`. Expected True or False. "
             f"Received siblings={siblings!r}."
         )
-    result, report = merge_owned(model, only_if_cheaper, owned=False, siblings=siblings)
+    result, report = _merge_model(
+        model, only_if_cheaper=only_if_cheaper, in_place=False, siblings=siblings
+    )
     return (result, report) if with_report else result
 
 
-def merge_owned(
-    model: nn.Module, only_if_cheaper: bool, *, owned: bool, siblings: bool = False
+def _merge_model(
+    model: nn.Module, *, only_if_cheaper: bool, in_place: bool, siblings: bool
 ) -> tuple[nn.Module, PassReport]:
-    """``merge_pointwise``'s work; with ``owned`` ``model`` may be changed in place."""
+    """``merge_pointwise``'s work; with ``in_place`` ``model`` may be changed instead of
+    copied."""
     graph, why = trace(model)
     report = PassReport("merge_pointwise", traced=graph is not None)
-    result = model if owned else copy.deepcopy(model)
+    result = model if in_place else copy.deepcopy(model)
     if graph is None:
         _merge_sequentials(result, only_if_cheaper, report)
         report.skipped.append(

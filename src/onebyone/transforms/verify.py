@@ -135,10 +135,12 @@ def as_inputs(example_input: object) -> tuple[torch.Tensor, ...]:
 
 
 def run_model(model: nn.Module, inputs: Sequence[torch.Tensor], role: str) -> object:
-    """``model(*inputs)`` without autograd; a failure becomes a ``ValueError`` naming ``role``."""
+    """``model(*inputs)`` without autograd, on clones of ``inputs`` (a model that writes
+    to its input changes neither the caller's tensors nor the next run); a failure
+    becomes a ``ValueError`` naming ``role``."""
     try:
         with torch.inference_mode():
-            return model(*inputs)
+            return model(*(t.clone() for t in inputs))
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -153,9 +155,9 @@ def flatten_outputs(value: object, name: str = "output") -> Iterator[tuple[str, 
     """``(name, tensor)`` for every tensor in a (nested) tensor / tuple / list / dict output."""
     if isinstance(value, torch.Tensor):
         yield name, value
-    elif isinstance(value, Mapping):
-        for k, v in value.items():
-            yield from flatten_outputs(v, f"{name}[{k!r}]")
+    elif isinstance(value, Mapping):  # by key, so two dicts in other orders compare alike
+        for k in sorted(value, key=repr):
+            yield from flatten_outputs(value[k], f"{name}[{k!r}]")
     elif isinstance(value, (tuple, list)):
         for i, v in enumerate(value):
             yield from flatten_outputs(v, f"{name}[{i}]")
@@ -177,6 +179,11 @@ def compare(reference: object, candidate: object, *, rtol: float, atol: float) -
             raise VerificationError(
                 f"{name}: the candidate's shape {tuple(c.shape)} differs from the reference's "
                 f"{tuple(r.shape)}",
+                report,
+            )
+        if r.dtype != c.dtype:
+            raise VerificationError(
+                f"{name}: the candidate's dtype {c.dtype} differs from the reference's {r.dtype}",
                 report,
             )
         r64 = r.detach().to(device="cpu", dtype=torch.float64)

@@ -1,0 +1,128 @@
+"""The ``"openvino"`` engine: ``openvino.convert_model`` on the transformed program.
+
+The program is decomposed first (``torch.ops.onebyone.conv1x1`` into ATen's
+convolution and its epilogue), converted, and compiled for the CPU with the
+precision always set explicitly (``INFERENCE_PRECISION_HINT``: OpenVINO's own
+default is bfloat16 on CPUs with native bfloat16), ``PERFORMANCE_HINT=LATENCY``
+and as many threads as PyTorch uses.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Any
+
+import torch
+from torch.export import ExportedProgram
+
+from onebyone.deploy.engines.base import FlatModule
+from onebyone.functional import decompositions
+
+__all__ = ["OpenVINOModule", "available", "convert", "openvino_module", "precisions"]
+
+_HINTS = {"float32": "f32", "bfloat16": "bf16"}
+
+
+def available() -> str | None:
+    """``None`` when openvino imports, else the pip install to run."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return "openvino is not installed: pip install 'onebyone[openvino]'"
+    return None
+
+
+def precisions() -> tuple[str, ...]:
+    """The precisions OpenVINO's CPU plugin computes natively here."""
+    import openvino as ov
+
+    capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return ("float32", "bfloat16") if "BF16" in capabilities else ("float32",)
+
+
+def convert(program: ExportedProgram) -> Any:
+    """The program as an ``openvino.Model`` (decomposed to ATen first)."""
+    import openvino as ov
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = program.run_decompositions(decompositions())
+        return ov.convert_model(plain)
+
+
+class OpenVINOModule(FlatModule):
+    """Runs a compiled OpenVINO model behind the original model's call signature.
+
+    Args:
+        model: the ``openvino.Model`` (kept to save it as IR, and to recompile after a
+            copy).
+        precision: ``"float32"`` or ``"bfloat16"`` (``INFERENCE_PRECISION_HINT``).
+        threads: ``INFERENCE_NUM_THREADS``.
+        **spec: ``FlatModule``'s arguments.
+
+    Shape:
+        The original model's.
+    """
+
+    def __init__(self, model: Any, *, precision: str, threads: int, **spec: Any) -> None:
+        super().__init__(**spec)
+        self.ov_model = model
+        self.precision = precision
+        self.threads = threads
+        self._request: Any = self._compile()
+
+    def _compile(self) -> Any:
+        import openvino as ov
+
+        config = {
+            "INFERENCE_PRECISION_HINT": _HINTS[self.precision],
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": self.threads,
+        }
+        return ov.Core().compile_model(self.ov_model, "CPU", config).create_infer_request()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> OpenVINOModule:
+        clone = self.__class__.__new__(self.__class__)
+        memo[id(self)] = clone
+        for key, value in self.__dict__.items():
+            if key == "_request":  # compiled again on first use
+                clone.__dict__[key] = None
+            elif key == "ov_model":  # not changed after conversion: shared
+                clone.__dict__[key] = value
+            else:
+                clone.__dict__[key] = copy.deepcopy(value, memo)
+        return clone
+
+    def __getstate__(self) -> dict[str, Any]:
+        raise TypeError(
+            "an OpenVINO engine does not pickle; write its IR with "
+            "onebyone.deploy.save_openvino (or `onebyone optimize --openvino DIR`)"
+        )
+
+    def run(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self._request is None:
+            self._request = self._compile()
+        self._request.infer([t.detach().contiguous().numpy() for t in inputs])
+        count = len(self._request.model_outputs)
+        # the request reuses its output memory on the next call: copy out
+        return [torch.from_numpy(self._request.get_output_tensor(i).data.copy())
+                for i in range(count)]  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return f"precision={self.precision!r}, threads={self.threads}"
+
+
+def openvino_module(
+    program: ExportedProgram,
+    inputs: tuple[torch.Tensor, ...],
+    *,
+    precision: str,
+    spec: dict[str, Any],
+) -> OpenVINOModule:
+    """Convert and compile ``program`` for the CPU in ``precision``."""
+    if precision not in precisions():
+        raise ValueError(f"OpenVINO's CPU plugin does not compute {precision} natively here")
+    return OpenVINOModule(
+        convert(program), precision=precision, threads=torch.get_num_threads(), **spec
+    )

@@ -1,0 +1,126 @@
+"""What ``optimize`` did and measured: ``OptimizeReport`` and one ``Candidate`` per engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from onebyone.transforms.report import PassReport
+from onebyone.transforms.verify import VerifyReport
+
+__all__ = ["Candidate", "OptimizeReport"]
+
+
+@dataclass
+class Candidate:
+    """One engine at one precision, as built, verified and timed.
+
+    Attributes:
+        engine: ``"torch"``, ``"onnxruntime"``, ``"openvino"`` or ``"original"``.
+        precision: ``"float32"`` or ``"bfloat16"``.
+        latency_ms: median latency on the example input (``None`` when not timed).
+        max_rel_error: the largest norm-wise relative error over both checks.
+        max_abs_error: the largest absolute error over both checks.
+        top1_agreement: for classifier outputs ``(N, classes)``, the share of rows whose
+            arg-max equals the original's (both checks together); ``None`` otherwise.
+        build_s: seconds spent building this candidate.
+        ok: built and within the tolerance on the example and the second input.
+        why: why it was not built or not kept (empty when ``ok``).
+    """
+
+    engine: str
+    precision: str
+    latency_ms: float | None = None
+    max_rel_error: float | None = None
+    max_abs_error: float | None = None
+    top1_agreement: float | None = None
+    build_s: float = 0.0
+    ok: bool = False
+    why: str = ""
+
+    @property
+    def name(self) -> str:
+        """``engine/precision``, e.g. ``"openvino/bfloat16"``."""
+        return f"{self.engine}/{self.precision}"
+
+
+@dataclass
+class OptimizeReport:
+    """What ``optimize`` did and measured.
+
+    Attributes:
+        engine, precision: the returned model's.
+        capture: how the model was captured (``"torch.export"``, ``"torch.export (static
+            shapes)"``, ``"torch.fx"``, ``"eager"``).
+        capture_attempts: ``(route, why it failed)`` for each earlier capture route.
+        dynamic_batch: whether the returned model accepts any batch size.
+        passes: one ``PassReport`` per pass.
+        candidates: every engine x precision tried, with latency, error and why not.
+        verify: the returned model's errors on the example input; ``verify_other`` on
+            the second input (another batch size).
+        tolerance: the relative error the candidates had to meet.
+        latency_before_ms / latency_after_ms: median latency of the original and of the
+            returned model on the example input.
+        prepare_s: seconds from the call to the chosen model (building and checking).
+        peak_rss_mb: the process's peak resident memory at the end, in MB.
+        notes: anything else worth knowing.
+        program: the transformed exported program (``None`` without ``torch.export``),
+            for writing ONNX or OpenVINO files.
+    """
+
+    engine: str
+    precision: str
+    capture: str = ""
+    capture_attempts: list[tuple[str, str]] = field(default_factory=list)
+    dynamic_batch: bool = False
+    passes: list[PassReport] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)
+    verify: VerifyReport | None = None
+    verify_other: VerifyReport | None = None
+    tolerance: float = 0.0
+    latency_before_ms: float | None = None
+    latency_after_ms: float | None = None
+    prepare_s: float = 0.0
+    peak_rss_mb: float | None = None
+    notes: list[str] = field(default_factory=list)
+    program: Any = field(default=None, repr=False)
+
+    @property
+    def speedup(self) -> float | None:
+        """``latency_before_ms / latency_after_ms`` when both were measured."""
+        if self.latency_before_ms is None or not self.latency_after_ms:
+            return None
+        return self.latency_before_ms / self.latency_after_ms
+
+    @property
+    def max_rel_error(self) -> float | None:
+        """The returned model's largest relative error over both checks."""
+        errors = [r.max_rel for r in (self.verify, self.verify_other) if r is not None]
+        return max(errors) if errors else None
+
+    def pass_counts(self) -> dict[str, int]:
+        """``{pass name: number of changes}``."""
+        return {p.name: p.count for p in self.passes}
+
+    def __str__(self) -> str:
+        lines = [
+            f"engine: {self.engine} ({self.precision}), prepared in {self.prepare_s:.2f} s",
+            f"capture: {self.capture}"
+            + ("" if self.dynamic_batch else " (the model fixes its batch size)"),
+        ]
+        lines += [f"  {route} failed: {why}" for route, why in self.capture_attempts]
+        lines += [f"{p.name}: {p.count} applied, {len(p.skipped)} skipped" for p in self.passes]
+        for c in self.candidates:
+            if c.ok:
+                top1 = "" if c.top1_agreement is None else f", top-1 {c.top1_agreement:.1%}"
+                latency = "-" if c.latency_ms is None else f"{c.latency_ms:.2f} ms"
+                lines.append(f"  {c.name}: {latency}, max rel error {c.max_rel_error:.2g}{top1}")
+            else:
+                lines.append(f"  {c.name}: not used ({c.why})")
+        if self.speedup is not None:
+            lines.append(
+                f"latency: {self.latency_before_ms:.2f} ms -> {self.latency_after_ms:.2f} ms "
+                f"({self.speedup:.2f}x)"
+            )
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)

@@ -1,0 +1,81 @@
+"""``optimize`` on architectures nobody here wrote: a sweep over timm models.
+
+Each model (``pretrained=False``, random norm statistics, eval mode) is optimised on a
+non-torch engine: the result must equal the original on batch 1 and batch 3, the
+original must be unchanged, and no norm that reads a convolution may be left in the
+graph. ``make test`` runs a representative part; the whole sweep is
+``make sweep`` (``pytest tests/test_timm_sweep.py -m "sweep or not sweep"``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+import onebyone as obo
+from onebyone.deploy import optimize
+from onebyone.deploy.passes import count_norms_after_layers
+from transform_models import assert_unchanged, randomize_norms, snapshot
+
+pytestmark = [
+    pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm is not installed"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("onnxruntime") is None
+        or importlib.util.find_spec("openvino") is None,
+        reason="the sweep runs on onnxruntime and openvino",
+    ),
+]
+
+# name -> input side (the smallest the architecture takes; fixed-size ones at their own)
+REPRESENTATIVE = {"mobilenetv3_small_050": 96, "resnet18": 64}
+SWEEP = {
+    "resnet50": 96,
+    "resnext50_32x4d": 96,
+    "regnety_016": 96,
+    "efficientnet_b0": 96,
+    "mobilenetv3_large_100": 96,
+    "mobilenetv2_100": 96,
+    "ghostnet_100": 96,
+    "convnext_tiny": 96,
+    "densenet121": 96,
+    "inception_v3": 299,
+    "dla34": 96,
+    "repvgg_a0": 96,
+    "mobilevit_s": 256,
+    "vit_small_patch16_224": 224,
+    "xception41": 96,
+    "efficientnet_lite0": 96,
+    "mixnet_s": 96,
+    "rexnet_100": 96,
+    "cspresnet50": 96,
+    "tf_efficientnetv2_b0": 96,
+    "mnasnet_100": 96,
+    "selecsls42b": 96,
+    "dpn68": 96,
+    "hrnet_w18_small": 96,
+}
+CASES = [pytest.param(name, side, id=name) for name, side in REPRESENTATIVE.items()] + [
+    pytest.param(name, side, id=name, marks=pytest.mark.sweep) for name, side in SWEEP.items()
+]
+
+
+@pytest.mark.parametrize(("name", "side"), CASES)
+def test_optimize_keeps_a_timm_model_exact_on_any_batch(name: str, side: int) -> None:
+    from onebyone.models.external import load_external
+
+    model = randomize_norms(load_external(f"timm:{name}")).eval()
+    before = snapshot(model)
+    x = torch.randn(1, 3, side, side)
+    engine = "onnxruntime" if len(name) % 2 else "openvino"  # both engines, across the sweep
+    fast, report = optimize(model, x, engine=engine, measure=False)
+    assert report.engine == engine and report.dynamic_batch, report
+    for batch in (1, 3):
+        check = obo.verify(model, fast, torch.randn(batch, 3, side, side), rtol=1e-4, atol=1e-5)
+        assert check.ok, check
+    assert_unchanged(model, before)
+    assert report.program is not None
+    assert count_norms_after_layers(report.program) == 0, report.passes[0]
+    has_norms = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert (report.passes[0].count > 0) == has_norms
