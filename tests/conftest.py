@@ -6,6 +6,7 @@ Inductor) import it too, so the variable is set here, before any test module.
 """
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,3 +33,11 @@ def always_pack(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
         routing, "THRESHOLDS", dataclasses.replace(routing.THRESHOLDS, packing_min_macs=0)
     )
+
+
+@pytest.fixture(scope="session")
+def explorer_page(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The explorer page, written once for the session: the path of its ``index.html``."""
+    from onebyone.explain import write_explorer
+
+    return write_explorer(tmp_path_factory.mktemp("explorer"))

@@ -1,4 +1,4 @@
-"""``onebyone explain [TOPIC] [--save-figures DIR]``: the seeds' examples, computed."""
+"""``onebyone explain [TOPIC] [--save-figures DIR] [--html DIR]``: the seeds' examples, computed."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from onebyone.explain import (
     get_topic,
     save_topic_figure,
 )
+from onebyone.explain.explorer import write_explorer
 from onebyone.explain.fusion import SEED_CLAIM_PIXEL
 
 __all__ = ["RENDERERS", "register", "render_worked_example", "run"]
@@ -45,6 +46,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         default=None,
         help="write one PNG per topic shown (all topics when TOPIC is omitted)",
+    )
+    p.add_argument(
+        "--html",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="write the explorer page (DIR/index.html and its files, works offline) "
+        "and print its path",
     )
     p.set_defaults(run=run)
 
@@ -296,6 +305,11 @@ def _list(console: Console) -> None:
 
 def run(args: argparse.Namespace) -> int:
     console = Console()
+    if args.html is not None:
+        page = write_explorer(args.html)
+        print(page)
+        if args.topic is None and args.save_figures is None:
+            return 0
     if args.topic is None:
         _list(console)
         names = list(TOPICS) if args.save_figures is not None else []

@@ -1,7 +1,8 @@
 """Explanations: the seed documents' worked examples, computed by the library.
 
 Each topic is a function returning its computed result (``onebyone explain``
-prints it), and ``onebyone.explain.figures`` draws it. ``digits`` trains a
+prints it), and ``onebyone.explain.figures`` draws it; ``write_explorer`` writes
+them into a page where a learner changes the inputs (``onebyone explore``). ``digits`` trains a
 small Network-in-Network on real handwritten digits for the demo.
 """
 
@@ -15,6 +16,7 @@ from onebyone.explain.costs import (
 )
 from onebyone.explain.depth import DepthExample, depth_example
 from onebyone.explain.equivalence import FCEquivalence, fc_equivalence
+from onebyone.explain.explorer import explorer_data, write_explorer
 from onebyone.explain.fusion import FusionExample, fusion_example
 from onebyone.explain.topics import TOPICS, Topic, get_topic, save_topic_figure
 from onebyone.explain.worked import (
@@ -41,10 +43,12 @@ __all__ = [
     "bottleneck_comparison",
     "count_layers",
     "depth_example",
+    "explorer_data",
     "fc_equivalence",
     "fusion_example",
     "get_topic",
     "reduction_examples",
     "save_topic_figure",
     "worked_example",
+    "write_explorer",
 ]
