@@ -1,4 +1,7 @@
-"""``onebyone optimize``: the report, ONNX written atomically, weights, bad input."""
+"""``onebyone optimize``: the report, ONNX written atomically, weights, bad input.
+
+The output rule itself (commands._output) is tested in test_cli_output.py.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,6 @@ from safetensors.torch import save_file
 
 import onebyone as obo
 from onebyone.cli import main
-from onebyone.commands.optimize import write_atomically
 
 SMALL = ["squeezenet1_1", "--input", "1x3x32x32", "--engine", "torch"]
 
@@ -39,20 +41,6 @@ def test_onnx_is_written_checked_and_not_clobbered(
     assert "Invalid value for argument `--onnx`. Expected a file that does not exist yet" in err
     assert target.stat().st_mtime_ns == stamp
     assert main(["optimize", *SMALL, "--onnx", str(target), "--force"]) == 0
-
-
-def test_write_atomically_leaves_no_partial_file(tmp_path: Path) -> None:
-    target = tmp_path / "x.onnx"
-    write_atomically(target, b"first", force=False)
-    with pytest.raises(ValueError, match="does not exist yet"):
-        write_atomically(target, b"second", force=False)
-    assert target.read_bytes() == b"first"
-    with pytest.raises(TypeError):  # the write itself fails: the old file stays whole
-        write_atomically(target, object(), force=True)  # type: ignore[arg-type]
-    assert target.read_bytes() == b"first"
-    with pytest.raises(ValueError, match="existing folder"):
-        write_atomically(tmp_path / "missing" / "x.onnx", b"data", force=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.onnx"]
 
 
 def test_weights_load_from_safetensors_and_torch_files(

@@ -1,34 +1,39 @@
 """``onebyone optimize MODEL``: fold, merge, fuse and verify a model; optionally write ONNX.
 
 Calls ``onebyone.optimize`` on a random input of the given shape and prints its
-report. ``--onnx FILE`` also writes the folded model as ONNX (atomically: a
-temporary file in the same folder, then a rename; an existing file is kept
-unless ``--force``), runs that file in ONNX Runtime and prints how far its
-output is from the original model's.
+report. ``--onnx FILE`` also writes the folded model as ONNX, runs that file
+in ONNX Runtime and prints how far its output is from the original model's.
+The file follows ``commands._output``'s rule: checked before any work, ``.onnx``
+added when left out, written through a temporary file and a rename only when
+the export and the run in ONNX Runtime succeed, an existing file kept unless
+``--force``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import tempfile
-from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from onebyone import _checks
-from onebyone.commands.analyze import load_weights, parse_input, parse_options, resolve_model
+from onebyone import _optional
+from onebyone.commands._common import (
+    MODEL_FORMS,
+    load_weights,
+    parse_input,
+    parse_options,
+    resolve_model,
+)
+from onebyone.commands._output import Output, output_file
 from onebyone.transforms import OptimizeReport, export_onnx, optimize
 from onebyone.transforms.fold import fold_owned
 from onebyone.transforms.merge import merge_owned
 from onebyone.transforms.optimize import ENGINES
 from onebyone.transforms.verify import compare, default_tolerance
 
-__all__ = ["register", "run", "write_atomically"]
+__all__ = ["register", "run"]
 
 _DTYPES = {
     "fp32": torch.float32,
@@ -48,11 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "changed, the error and the latency before and after."
         ),
     )
-    p.add_argument(
-        "model",
-        metavar="MODEL",
-        help="a registered model name (onebyone.list_models()) or package.module:factory",
-    )
+    p.add_argument("model", metavar="MODEL", help=MODEL_FORMS)
     p.add_argument(
         "--input", default="1x3x224x224", metavar="SHAPE", help="input shape (default 1x3x224x224)"
     )
@@ -81,34 +82,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=ENGINES,
         help="execution engine; auto measures both and keeps the faster",
     )
-    p.add_argument("--onnx", metavar="FILE", help="also write the folded model as ONNX")
+    p.add_argument(
+        "--onnx", metavar="FILE.onnx", help="also write the folded model as ONNX (.onnx added)"
+    )
     p.add_argument("--force", action="store_true", help="overwrite an existing --onnx file")
     p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
     p.set_defaults(run=run)
-
-
-def write_atomically(path: Path, data: bytes, *, force: bool) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
-
-    Raises:
-        ValueError: ``path`` exists and ``force`` is False, or its folder does not exist.
-    """
-    if path.exists() and not force:
-        raise _checks.invalid("--onnx", "a file that does not exist yet (or --force)", str(path))
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise _checks.invalid("--onnx", "a path in an existing folder", str(path))
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
 
 
 def _load(model: nn.Module, path: str, spec: str) -> None:
@@ -179,16 +158,16 @@ def _print_report(
         console.print(f"note: {note}")
 
 
-def _onnx(console: Console, model: nn.Module, x: torch.Tensor, path: Path, force: bool) -> None:
-    import onnxruntime as ort
-
+def _onnx(console: Console, model: nn.Module, x: torch.Tensor, target: Output) -> None:
+    ort = _optional.require("onnxruntime", "--onnx")
     folded, _ = fold_owned(model, x, owned=False)
     merged, _ = merge_owned(folded, True, owned=True)
     data, how = export_onnx(merged, x)
-    write_atomically(path, data, force=force)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: x.numpy()}
-    outputs = [torch.from_numpy(o) for o in session.run(None, feed)]
+    with target.staging() as temp:  # moved in place only if ONNX Runtime runs the file
+        temp.write_bytes(data)
+        session = ort.InferenceSession(str(temp), providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: x.numpy()}
+        outputs = [torch.from_numpy(o) for o in session.run(None, feed)]
     with torch.inference_mode():
         reference = model(x)
     got: object = outputs[0] if isinstance(reference, torch.Tensor) else tuple(outputs)
@@ -196,25 +175,27 @@ def _onnx(console: Console, model: nn.Module, x: torch.Tensor, path: Path, force
     result = compare(reference, got, rtol=rtol, atol=atol)
     state = "within" if result.ok else "BEYOND"
     console.print(
-        f"wrote {path} ({len(data) / 1e6:.1f} MB, exported by {how}); ONNX Runtime vs the "
+        f"wrote {target.path} ({len(data) / 1e6:.1f} MB, exported by {how}); ONNX Runtime vs the "
         f"original: max abs {result.max_abs:.3g}, max rel {result.max_rel:.3g} "
-        f"({state} rtol={rtol:g}, atol={atol:g})"
+        f"({state} rtol={rtol:g}, atol={atol:g})",
+        soft_wrap=True,
     )
 
 
 def run(args: argparse.Namespace) -> int:
     console = Console()
     shape = parse_input(args.input)
+    target = None
+    if args.onnx is not None:  # checked before any work; "" is refused, not ignored
+        target = output_file("--onnx", args.onnx, ".onnx", force=args.force)
+        _optional.require("onnxruntime", "--onnx")
     model = resolve_model(args.model, parse_options(args.option))
     if args.weights:
         _load(model, args.weights, args.model)
     model.eval()
-    target = Path(args.onnx) if args.onnx else None
-    if target is not None and target.exists() and not args.force:  # refuse before any work
-        raise _checks.invalid("--onnx", "a file that does not exist yet (or --force)", str(target))
     x = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed))
     _, report = optimize(model, x, dtype=_DTYPES[args.dtype], engine=args.engine)
     _print_report(console, args.model, shape, report)
     if target is not None:
-        _onnx(console, model, x, target, args.force)
+        _onnx(console, model, x, target)
     return 0
