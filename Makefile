@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/onebyone demo
+	$(BIN)/onebyone demo --force
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 import onebyone as obo
 from onebyone.cli import main
-from onebyone.commands.analyze import load_weights
+from onebyone.commands._common import load_weights
 
 CONV = ["onebyone.nn:Conv1x1", "--option", "in_channels=3", "--option", "out_channels=8"]
 
@@ -73,7 +73,8 @@ def test_top_n_and_output_files(capsys, tmp_path):
          r"argument `--input`. Expected a shape of positive ints joined by 'x', such as "
          r"1x3x224x224. Received --input='1x3xabc'."),
         (["squeezenet1_1", "--input", "0x3x8x8"], r"argument `--input`"),
-        (["resnet5"], r"argument `MODEL`. Expected one of .*resnet50.*, or package.module:factory"),
+        (["resnet5"], r"argument `MODEL`. Expected one of .*resnet50.*, timm:NAME, "
+                      r"torchvision:NAME or package.module:factory"),
         (["no_such_package.models:build"], r"`MODEL`. .*No module named 'no_such_package'"),
         (["onebyone.nn:Nope"], r"argument `MODEL`. .*Nope"),
         (["builtins:dict"], r"Expected a factory returning a torch.nn.Module"),

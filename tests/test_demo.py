@@ -25,7 +25,7 @@ FIGURES = [
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     """One quick tour: (exit status, output folder, printed text)."""
-    out = tmp_path_factory.mktemp("demo")
+    out = tmp_path_factory.mktemp("demo") / "tour"  # a new folder, as the demo wants
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         status = main(["demo", "--quick", "--out", str(out)])
@@ -78,8 +78,8 @@ def test_demo_flags_reach_the_training_and_no_figures_draws_none(
     for section in ("_keras_examples", "_seed_blocks", "_why_one_by_one"):
         monkeypatch.setattr(demo, section, lambda *args: None)
     argv = ["demo", "--quick", "--no-figures", "--epochs", "1", "--seed", "5"]
-    assert main([*argv, "--out", str(tmp_path)]) == 0
-    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+    assert main([*argv, "--out", str(tmp_path / "tour")]) == 0
+    assert [p.name for p in (tmp_path / "tour").iterdir()] == ["summary.json"]
     assert [(kw["epochs"], kw["seed"], kw["reduced"]) for kw in calls] == [(1, 5, 16), (1, 5, None)]
     assert "Tour finished" in capsys.readouterr().out
 
@@ -88,7 +88,7 @@ def test_demo_flags_reach_the_training_and_no_figures_draws_none(
     ("argv", "message"),
     [
         (["--epochs", "0"], r"Invalid value for argument `epochs`\. Expected a positive int"),
-        (["--out", "FILE"], r"Invalid value for argument `out`\. Expected a folder"),
+        (["--out", "FILE"], r"Invalid value for argument `--out`\. Expected a folder"),
     ],
 )
 def test_demo_bad_input_is_one_line(argv, message, tmp_path, capsys):

@@ -98,8 +98,13 @@ def test_torch_only_errors(kwargs, kind, pattern):
         ({"data_format": "NWHC"}, ValueError, r"argument `data_format`.*'NCHW' or 'NHWC'"),
         ({"x": np.array([["a"]], dtype=object)}, TypeError, r"argument `x`.*numeric.*object"),
         ({"weight": np.array(["a", "b"])}, TypeError, r"argument `weight`.*numeric"),
+        ({"x": [[[1.0, 2.0], [3.0]]] * 6}, ValueError,
+         r"argument `x`\. Expected an array or a rectangular nested list of numbers \(every "
+         r"row the same length\)\. Received x=\[\[\[1\.0, 2\.0\], \[3\.0\]\]"),
+        ({"weight": [[1.0] * 6, [1.0] * 5]}, ValueError,
+         r"argument `weight`\. Expected an array or a rectangular nested list"),
     ],
-)
+)  # fmt: skip
 def test_numpy_only_errors(kwargs, kind, pattern):
     with pytest.raises(kind, match=pattern):
         numpy_op(**kwargs)
@@ -116,8 +121,12 @@ def test_numpy_only_errors(kwargs, kind, pattern):
         ((6, 4), {"stride": 0}, ValueError, r"argument `stride`"),
         ((6, 4), {"activation": "mish"}, ValueError, r"argument `activation`.*mish"),
         ((6, 4), {"bias": "yes"}, TypeError, r"argument `bias`.*True or False"),
+        ((6, 4), {"dtype": torch.int64}, TypeError,
+         r"argument `dtype`\. Expected None or a floating-point dtype \(torch\.float16, "
+         r"torch\.bfloat16, torch\.float32, torch\.float64\)\. Received dtype=torch\.int64\."),
+        ((6, 4), {"dtype": "float32"}, TypeError, r"argument `dtype`.*Received dtype='float32'"),
     ],
-)
+)  # fmt: skip
 def test_conv1x1_module_errors(args, kwargs, kind, pattern):
     with pytest.raises(kind, match=pattern):
         Conv1x1(*args, **kwargs)

@@ -240,11 +240,12 @@ def test_cli_lists_topics(capsys):
 
 
 def test_cli_topic_and_figure(capsys, tmp_path):
-    assert main(["explain", "fusion", "--save-figures", str(tmp_path)]) == 0
+    figures = tmp_path / "figures"
+    assert main(["explain", "fusion", "--save-figures", str(figures)]) == 0
     out = capsys.readouterr().out
     assert "(3, 2) only for the 3" in out  # the seed's inverted rule, stated plainly
-    assert_sensible_png(tmp_path / "fusion.png")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["fusion.png"]
+    assert_sensible_png(figures / "fusion.png")
+    assert sorted(p.name for p in figures.iterdir()) == ["fusion.png"]
 
 
 def test_cli_unknown_topic_is_one_line(capsys):

@@ -59,10 +59,14 @@ def test_round_trips():
     assert torch.equal(back.weight, conv.weight)
     lin = nn.Linear(5, 3)
     layer = Conv1x1.from_linear(lin, activation="relu")
-    assert_close(layer.to_linear()(torch.randn(4, 5)).shape, torch.Size([4, 3]))
+    pixels = torch.randn(2, 5, 3, 4)
+    per_pixel = lin(pixels.permute(0, 2, 3, 1)).relu().permute(0, 3, 1, 2)  # (N, K, H, W)
+    assert_close(layer(pixels), per_pixel)
     lin_back = layer.to_linear()
     assert isinstance(lin_back, nn.Sequential)
-    assert torch.equal(lin_back[0].weight, lin.weight)
+    rows = torch.randn(4, 5)
+    assert_close(lin_back(rows), lin(rows).relu())
+    assert torch.equal(lin_back[0].weight, lin.weight) and torch.equal(lin_back[0].bias, lin.bias)
 
 
 def test_copies_do_not_share_storage():

@@ -7,7 +7,10 @@ torch.Size([1, 32, 8, 8])
 
 from importlib.metadata import PackageNotFoundError, version
 
-from onebyone import deploy, models, nn, numpy, transforms
+# onebyone.numpy (the NumPy op) is imported but left out of __all__: `from
+# onebyone import *` must not rebind the name `numpy`.
+from onebyone import deploy, models, nn, transforms
+from onebyone import numpy as numpy
 from onebyone.activations import ACTIVATIONS
 from onebyone.cost import CONVENTION, Cost, conv_cost
 from onebyone.deploy import EngineUnavailableError, OptimizeReport, optimize
@@ -59,7 +62,6 @@ __all__ = [
     "merge_pointwise",
     "models",
     "nn",
-    "numpy",
     "optimize",
     "profile",
     "to_channels_last",

@@ -1,15 +1,19 @@
 """``onebyone ...``: the command-line interface.
 
 Each subcommand lives in ``onebyone.commands.<name>`` with ``register(subparsers)``
-and ``run(args) -> int``, and calls one public function of the library. Errors
-from bad input become one line on stderr and a non-zero exit, no traceback.
+and ``run(args) -> int``, and calls one public function of the library. Every
+failure becomes one line on stderr and a non-zero exit, never a traceback: 2
+for bad input (``ValueError``, ``TypeError``, ``KeyError``), 1 for anything
+else. ``ONEBYONE_DEBUG=1`` in the environment prints the traceback as well.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 from onebyone import __version__
@@ -18,6 +22,21 @@ COMMANDS: tuple[str, ...] = ("demo", "analyze", "explain", "explore", "optimize"
 """Subcommand modules under ``onebyone.commands``, in ``--help`` order."""
 
 EXIT_USAGE = 2
+EXIT_FAILURE = 1
+DEBUG_VARIABLE = "ONEBYONE_DEBUG"
+"""Set to 1 to see the traceback of a failure besides its one-line message."""
+_EXPECTED = (ValueError, TypeError, OSError, RuntimeError, KeyError, ImportError)
+"""Failures whose message says it all; any other type is named in the line."""
+
+
+def error_line(exc: Exception) -> str:
+    """One line for ``exc``: its message's first line (with its type if unexpected)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if isinstance(exc, KeyError) and len(exc.args) == 1:
+        return f"KeyError: {exc.args[0]!r}"
+    return lines[0] if isinstance(exc, _EXPECTED) else f"{type(exc).__name__}: {lines[0]}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,10 +62,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(args.run(args))
-    except (ValueError, TypeError, OSError, RuntimeError, KeyError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"onebyone {args.command}: error: {message}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(exc, (ValueError, TypeError, KeyError)) else 1
+    except Exception as exc:  # KeyboardInterrupt and SystemExit are not Exceptions
+        debug = os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+        if debug:
+            traceback.print_exc()
+        expected = debug or isinstance(exc, _EXPECTED)
+        hint = "" if expected else f" (run with {DEBUG_VARIABLE}=1 for the traceback)"
+        print(f"onebyone {args.command}: error: {error_line(exc)}{hint}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, (ValueError, TypeError, KeyError)) else EXIT_FAILURE
     except KeyboardInterrupt:
         print("onebyone: interrupted", file=sys.stderr)
         return 130

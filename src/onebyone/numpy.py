@@ -18,7 +18,14 @@ __all__ = ["conv1x1"]
 
 
 def _numeric(argument: str, value: Any) -> np.ndarray:
-    a = np.asarray(value)
+    try:
+        a = np.asarray(value)
+    except ValueError:  # a ragged nested list: rows of different lengths
+        raise ValueError(
+            f"Invalid value for argument `{argument}`. Expected an array or a rectangular "
+            f"nested list of numbers (every row the same length). Received "
+            f"{argument}={_preview(value)}."
+        ) from None
     if a.dtype == np.bool_:
         return a.astype(np.int64)
     if a.dtype.kind not in "iufc":
@@ -27,6 +34,11 @@ def _numeric(argument: str, value: Any) -> np.ndarray:
             f"float or complex). Received {argument} with dtype {a.dtype}."
         )
     return a
+
+
+def _preview(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _compute_dtype(*arrays: np.ndarray) -> tuple[np.dtype, np.dtype]:

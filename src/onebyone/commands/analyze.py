@@ -1,36 +1,38 @@
 """``onebyone analyze MODEL``: exact per-layer costs of a model and a roofline.
 
 Calls ``onebyone.profile``; prints a table per layer and the share of
-parameters and MACs by category, and writes JSON, CSV or a figure on request.
+parameters and MACs by category, and writes JSON, CSV or a figure on request
+(``commands._output``'s rule: checked before any work, the extension added when
+left out, all files written at the end or none, existing ones kept unless
+``--force``).
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
-import importlib
-import inspect
-import pickle
-import re
-import warnings
+import contextlib
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from onebyone import _checks
+from onebyone import _checks, _optional
+from onebyone.commands._common import (
+    MODEL_FORMS,
+    first_line,
+    load_weights,
+    parse_input,
+    parse_options,
+    resolve_model,
+)
+from onebyone.commands._output import Output, output_file
 from onebyone.cost import CONVENTION
 from onebyone.profiling import CATEGORIES, Profile, machine_peak, profile
 
-__all__ = ["load_weights", "parse_input", "parse_options", "register", "resolve_model", "run"]
-
-_MODEL_FORMS = "a registered model name (onebyone.list_models()) or package.module:factory"
-_INPUT_FORM = "a shape of positive ints joined by 'x', such as 1x3x224x224"
+__all__ = ["register", "run"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="exact parameters, MACs, FLOPs, bytes and roofline of every layer of a model",
         description=("Run MODEL once and count every layer it executes. " + CONVENTION),
     )
-    p.add_argument("model", metavar="MODEL", help=_MODEL_FORMS)
+    p.add_argument("model", metavar="MODEL", help=MODEL_FORMS)
     p.add_argument("--input", default="1x3x224x224", metavar="SHAPE",
                    help="input shape (default 1x3x224x224)")  # fmt: skip
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -51,172 +53,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top", metavar="N", help="show only the N layers with the most MACs")
     p.add_argument("--by-category", action="store_true",
                    help="show the per-category summary instead of the per-layer table")  # fmt: skip
-    p.add_argument("--json", metavar="FILE", help="write the full profile as JSON")
-    p.add_argument("--csv", metavar="FILE", help="write one row per layer as CSV")
+    p.add_argument("--json", metavar="FILE.json", help="write the full profile as JSON")
+    p.add_argument("--csv", metavar="FILE.csv", help="write one row per layer as CSV")
     p.add_argument("--plot", metavar="FILE.png",
-                   help="write a figure: category shares and a roofline of the layers")  # fmt: skip
+                   help="write a figure: category shares and a roofline of the layers "
+                   "(needs pip install 'onebyone[explain]')")  # fmt: skip
+    p.add_argument("--force", action="store_true",
+                   help="replace existing --json, --csv and --plot files")  # fmt: skip
     p.set_defaults(run=run)
 
 
-# ---------------------------------------------------------------- parsing
-
-
-def parse_input(text: str) -> tuple[int, ...]:
-    """``"1x3x224x224"`` -> ``(1, 3, 224, 224)``."""
-    if not re.fullmatch(r"\s*\d+(\s*[x,]\s*\d+)*\s*", text):
-        raise _checks.invalid("--input", _INPUT_FORM, text)
-    shape = tuple(int(part) for part in re.split(r"[x,]", text))
-    if min(shape) < 1:
-        raise _checks.invalid("--input", _INPUT_FORM, text)
-    return shape
-
-
-def parse_options(items: list[str]) -> dict[str, object]:
-    """``["num_classes=10", "variant=v1"]`` -> ``{"num_classes": 10, "variant": "v1"}``.
-
-    Values are read as Python literals (``10``, ``0.5``, ``True``, ``(1, 2)``),
-    anything else as a plain string.
-    """
-    options: dict[str, object] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key.isidentifier():
-            raise _checks.invalid("--option", "key=value with a Python identifier as key", item)
-        try:
-            options[key] = ast.literal_eval(raw.strip())
-        except (ValueError, SyntaxError):
-            options[key] = raw.strip()
-    return options
-
-
-def _factory(spec: str) -> Callable[..., Any]:
-    if ":" in spec:
-        module_name, _, attribute = spec.partition(":")
-        dotted = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
-        if not (dotted.fullmatch(module_name) and dotted.fullmatch(attribute)):
-            raise _checks.invalid("MODEL", _MODEL_FORMS, spec)
-        try:
-            target: Any = importlib.import_module(module_name)
-            for part in attribute.split("."):
-                target = getattr(target, part)
-        except (ImportError, AttributeError) as exc:
-            raise ValueError(
-                f"Invalid value for argument `MODEL`. Expected {_MODEL_FORMS}. "
-                f"Received MODEL={spec!r}: {exc}."
-            ) from exc
-        if not callable(target):
-            raise _checks.invalid("MODEL", "package.module:factory naming a callable", spec)
-        return target
-    from onebyone.models import create_model, list_models
-
-    names = list_models()
-    if spec not in names:
-        raise _checks.invalid(
-            "MODEL", f"one of {', '.join(names)}, or package.module:factory", spec
-        )
-    return lambda **options: create_model(spec, **options)
-
-
-def resolve_model(spec: str, options: dict[str, object]) -> nn.Module:
-    """Build the model ``spec`` names with ``options`` as keyword arguments.
-
-    Args:
-        spec: a registered name (``"resnet50"``) or ``"package.module:factory"``.
-        options: keyword arguments for the factory.
-    """
-    factory = _factory(spec)
-    if ":" in spec and options:
-        try:
-            signature = inspect.signature(factory)
-        except ValueError:  # no signature to check (a builtin): let the call decide
-            signature = None
-        if signature is not None:
-            try:
-                signature.bind_partial(**options)
-            except TypeError as exc:
-                names = ", ".join(signature.parameters) or "none"
-                raise _checks.invalid(
-                    "--option", f"keyword arguments that {spec} accepts ({names}); {exc}", options
-                ) from exc
-    try:
-        model = factory(**options)
-    except TypeError as exc:
-        if not options:
-            raise
-        raise ValueError(
-            f"Invalid value for argument `--option`. Expected options that {spec} accepts. "
-            f"Received {options!r}: {exc}"
-        ) from exc
-    if not isinstance(model, nn.Module):
-        raise _checks.invalid("MODEL", "a factory returning a torch.nn.Module",
-                              f"{spec} -> {type(model).__name__}", kind=TypeError)  # fmt: skip
-    return model
-
-
 # ---------------------------------------------------------------- weights
-
-
-def _state_dict(loaded: object, path: str) -> dict[str, torch.Tensor]:
-    if isinstance(loaded, dict):
-        for key in ("state_dict", "model"):
-            inner = loaded.get(key)
-            if isinstance(inner, dict):
-                loaded = inner
-                break
-    if (
-        isinstance(loaded, dict)
-        and loaded
-        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items())
-    ):
-        return loaded
-    raise _checks.invalid(
-        "--weights", "a state dict: a mapping of names to tensors", f"{path} holding "
-        f"{type(loaded).__name__}"
-    )  # fmt: skip
-
-
-def load_weights(path: str) -> dict[str, torch.Tensor]:
-    """Read a state dict from safetensors or a torch checkpoint, executing nothing.
-
-    A torch checkpoint is read with ``torch.load(..., weights_only=True)``: a
-    file that needs arbitrary objects unpickled is refused before any runs.
-    Every failure is a ``ValueError`` with a one-line message.
-    """
-    file = Path(path)
-    if not file.is_file():
-        raise _checks.invalid("--weights", "an existing file", path)
-    with file.open("rb") as handle:
-        head = handle.read(9)
-    expected = (
-        "Invalid value for argument `--weights`. Expected safetensors or a torch checkpoint "
-        f"of plain tensors. Received {path}"
-    )
-    try:
-        if len(head) == 9 and head[8:9] == b"{":  # safetensors: u64 header size, then JSON
-            from safetensors.torch import load_file
-
-            loaded: object = load_file(str(file), device="cpu")
-        else:
-            with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4"
-                warnings.simplefilter("ignore")
-                loaded = torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # the weights-only unpickler stopped before running anything; say why in one line
-        text = str(exc)
-        detail = text.partition("WeightsUnpickler error:")[2].strip() or text.strip()
-        reason = detail.splitlines()[0][:160] if detail else type(exc).__name__
-        if "Unsupported global" in reason:
-            raise ValueError(
-                f"{expected}: refused, loading it would unpickle arbitrary objects ({reason})"
-            ) from None
-        raise ValueError(
-            f"{expected}: unreadable as a weights-only checkpoint ({reason})"
-        ) from None
-    except Exception as exc:  # corrupt or foreign files fail in many ways
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-        raise ValueError(f"{expected}: unreadable ({type(exc).__name__} {reason})") from None
-    return _state_dict(loaded, path)
 
 
 def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: str, spec: str) -> None:
@@ -357,8 +204,8 @@ def _top(text: str) -> int:
     return int(text)
 
 
-def _plot(prof: Profile, path: str) -> None:
-    from matplotlib.figure import Figure
+def _plot(prof: Profile, path: Path) -> None:
+    Figure = _optional.require("matplotlib.figure", "--plot").Figure
 
     fig = Figure(figsize=(12, 5), layout="constrained")
     shares, roof = fig.subplots(1, 2)
@@ -399,7 +246,32 @@ def _plot(prof: Profile, path: str) -> None:
     roof.set_xlabel("arithmetic intensity (FLOP/byte, FLOPs = 2 x MACs)")
     roof.set_ylabel("predicted GFLOP/s")
     roof.set_title("roofline of the layers with MACs (size: share of time)")
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, format="png", dpi=120)
+
+
+def _outputs(args: argparse.Namespace) -> dict[str, Output]:
+    """The files to write, checked before any work: ``{"json": Output, ...}``."""
+    outputs = {
+        kind: output_file(f"--{kind}", value, f".{suffix}", force=args.force)
+        for kind, suffix in (("json", "json"), ("csv", "csv"), ("plot", "png"))
+        if (value := getattr(args, kind)) is not None
+    }
+    if "plot" in outputs:
+        _optional.require("matplotlib.figure", "--plot")
+    return outputs
+
+
+def _write(prof: Profile, outputs: dict[str, Output]) -> list[Path]:
+    """Write every output, all or none: each is staged, then all are moved in place."""
+    writers = {
+        "json": lambda path: path.write_text(prof.to_json()),
+        "csv": lambda path: path.write_text(prof.to_csv()),
+        "plot": lambda path: _plot(prof, path),
+    }
+    with contextlib.ExitStack() as stack:
+        for kind, output in outputs.items():
+            writers[kind](stack.enter_context(output.staging()))
+    return [output.path for output in outputs.values()]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -407,6 +279,7 @@ def run(args: argparse.Namespace) -> int:
     options = parse_options(args.option)
     if args.top is not None:
         _top(args.top)
+    outputs = _outputs(args)
     status = Console(stderr=True)
     with status.status(f"building {args.model}"):
         model = resolve_model(args.model, options)
@@ -418,22 +291,14 @@ def run(args: argparse.Namespace) -> int:
         try:
             prof = profile(model, shape, peak=peak)
         except RuntimeError as exc:  # the model rejects the input
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ValueError(
                 f"Invalid value for argument `--input`. Expected an input {args.model} "
-                f"accepts. Received --input={args.input!r}: {first}"
+                f"accepts. Received --input={args.input!r}: {first_line(exc)}"
             ) from None
     console = Console()
     if not console.is_terminal:
         console.width = 160
     _report(console, prof, args.model, args)
-    if args.json:
-        Path(args.json).write_text(prof.to_json())
-        console.print(f"wrote {args.json}")
-    if args.csv:
-        Path(args.csv).write_text(prof.to_csv())
-        console.print(f"wrote {args.csv}")
-    if args.plot:
-        _plot(prof, args.plot)
-        console.print(f"wrote {args.plot}")
+    for path in _write(prof, outputs):
+        console.print(f"wrote {path}", highlight=False, soft_wrap=True)
     return 0

@@ -3,8 +3,12 @@
 The tour: the seed's worked example (short form); a Network-in-Network built
 around 1x1 convolutions trained on scikit-learn's real 8x8 digits; its cost
 profile against the same network without its 1x1 reduction; ``optimize`` on
-it, with the verified error and the speed-up; figures saved to ``--out``.
-Training is deterministic under ``--seed``; ``--quick`` runs in a few seconds.
+it, with the verified error and the speed-up; figures and ``summary.json``
+saved to ``--out``, a new folder (or ``--force`` to write into an existing
+one), checked before the tour starts and written once it has finished
+(``commands._output``'s rule). Training is deterministic under ``--seed``;
+``--quick`` runs in a few seconds. The tour needs the ``explain`` extra
+(scikit-learn's digits, matplotlib's figures).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import onebyone as obo
-from onebyone import _checks
+from onebyone import _checks, _optional
+from onebyone.commands._output import Output, output_folder
 from onebyone.commands.explain import render_worked_example
 from onebyone.deploy import optimize
 from onebyone.explain import worked_example
@@ -58,9 +63,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--out",
-        type=Path,
-        default=Path("onebyone-demo"),
-        help="folder for the figures and summary.json (default ./onebyone-demo/)",
+        default="onebyone-demo",
+        help="new folder for the figures and summary.json (default ./onebyone-demo/)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write into an existing --out folder (files of the same names are replaced)",
     )
     p.add_argument("--no-figures", action="store_true", help="do not draw or save figures")
     p.add_argument(
@@ -404,7 +413,8 @@ def _optimize(console: Console, result: TrainingResult) -> dict[str, Any]:
 
 def _figures(
     console: Console, out: Path, result: TrainingResult, costs: dict[str, Any]
-) -> list[Path]:
+) -> dict[str, Any]:
+    """Draw the tour's figures: ``{file name: matplotlib Figure}`` (saved at the end)."""
     from onebyone.explain import figures
     from onebyone.explain.digits import digit_feature_maps
 
@@ -435,21 +445,17 @@ def _figures(
             {name: _cost_rows(r) for name, r in costs["reports"].items()}
         ),
     }
-    paths = [figures.save_figure(fig, out / name) for name, fig in drawn.items()]
-    for path in paths:
-        console.print(f"  {path}")
-    return paths
+    return drawn
 
 
 def _summary(
-    out: Path,
     args: argparse.Namespace,
     epochs: int,
     result: TrainingResult,
     costs: dict[str, Any],
     optimized: dict[str, Any],
     seconds: float,
-) -> Path:
+) -> str:
     summary = {
         "seed": args.seed,
         "epochs": epochs,
@@ -467,10 +473,20 @@ def _summary(
         "optimize": optimized,
         "seconds": seconds,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "summary.json"
-    path.write_text(json.dumps(summary, indent=2) + "\n")
-    return path
+    return json.dumps(summary, indent=2) + "\n"
+
+
+def _save(console: Console, target: Output, drawn: dict[str, Any], summary: str) -> None:
+    """Write the figures and ``summary.json`` into ``target`` at once; print where."""
+    from onebyone.explain.figures import save_figure
+
+    with target.staging() as folder:
+        for name, fig in drawn.items():
+            save_figure(fig, folder / name)
+        (folder / "summary.json").write_text(summary)
+    for name in drawn:
+        console.print(f"  {target.path / name}", highlight=False, soft_wrap=True)
+    console.print(f"  summary: {target.path / 'summary.json'}", highlight=False, soft_wrap=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -480,9 +496,10 @@ def run(args: argparse.Namespace) -> int:
         "epochs",
         args.epochs if args.epochs is not None else (QUICK_EPOCHS if args.quick else EPOCHS),
     )
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise _checks.invalid("out", "a folder (it is created if missing)", str(out))
+    target = output_folder("--out", args.out, force=args.force)  # checked before the tour
+    _optional.require("sklearn.datasets", "onebyone demo (its digits data set)")
+    if not args.no_figures:
+        _optional.require("matplotlib.figure", "onebyone demo's figures (or --no-figures)")
     _worked_example(console)
     _keras_examples(console, args.seed)
     _seed_blocks(console, args.seed)
@@ -490,11 +507,9 @@ def run(args: argparse.Namespace) -> int:
     costs = _profile(console, args, result, epochs)
     _why_one_by_one(console, args.quick)
     optimized = _optimize(console, result)
-    if not args.no_figures:
-        _figures(console, out, result, costs)
+    drawn = {} if args.no_figures else _figures(console, target.path, result, costs)
     seconds = time.perf_counter() - start
-    path = _summary(out, args, epochs, result, costs, optimized, seconds)
-    console.print(f"  summary: {path}")
+    _save(console, target, drawn, _summary(args, epochs, result, costs, optimized, seconds))
     console.print(
         f"[bold]Tour finished in {seconds:.1f} s[/] (seed {args.seed}, {epochs} epochs, "
         f"test accuracy {result.test_accuracy:.2%})."

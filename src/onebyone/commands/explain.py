@@ -1,10 +1,15 @@
-"""``onebyone explain [TOPIC] [--save-figures DIR] [--html DIR]``: the seeds' examples, computed."""
+"""``onebyone explain [TOPIC] [--save-figures DIR] [--html DIR]``: the seeds' examples, computed.
+
+``--save-figures DIR`` follows ``commands._output``'s rule: a new folder (or
+``--force`` to write into an existing one), checked before any work, written
+through a temporary folder once every figure is drawn. ``--html DIR`` writes the
+explorer page (``onebyone.explain.write_explorer``).
+"""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,6 +17,8 @@ from rich.columns import Columns
 from rich.console import Console
 from rich.table import Table
 
+from onebyone import _optional
+from onebyone.commands._output import output_folder
 from onebyone.explain import (
     SEED_KERNEL,
     TOPICS,
@@ -43,14 +50,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--save-figures",
         metavar="DIR",
-        type=Path,
         default=None,
-        help="write one PNG per topic shown (all topics when TOPIC is omitted)",
+        help="write one PNG per topic shown (all topics when TOPIC is omitted) into the new "
+        "folder DIR (needs pip install 'onebyone[explain]')",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write into an existing DIR (figures of the same names are replaced)",
     )
     p.add_argument(
         "--html",
         metavar="DIR",
-        type=Path,
         default=None,
         help="write the explorer page (DIR/index.html and its files, works offline) "
         "and print its path",
@@ -305,25 +316,36 @@ def _list(console: Console) -> None:
 
 def run(args: argparse.Namespace) -> int:
     console = Console()
-    if args.html is not None:
+    if args.html is not None:  # the output rule first: a new folder, or --force
+        output_folder("--html", args.html, force=args.force).check()
         page = write_explorer(args.html)
         print(page)
         if args.topic is None and args.save_figures is None:
             return 0
     if args.topic is None:
-        _list(console)
         names = list(TOPICS) if args.save_figures is not None else []
         show = False
     else:
         names = list(TOPICS) if args.topic == "all" else [get_topic(args.topic).name]
         show = True
+    target = None
+    if args.save_figures is not None:  # checked before any work
+        target = output_folder("--save-figures", args.save_figures, force=args.force)
+        _optional.require("matplotlib.figure", "--save-figures")
+    if args.topic is None:
+        _list(console)
+    results = {}
     for name in names:
         topic = TOPICS[name]
-        result = topic.compute()
+        results[name] = topic.compute()
         if show:
             console.rule(f"[bold]{name}: {topic.summary}")
-            RENDERERS[name](console, result)
-        if args.save_figures is not None:
-            path = save_topic_figure(name, result, args.save_figures)
-            console.print(f"  figure: {path}")
+            RENDERERS[name](console, results[name])
+    if target is not None:
+        with target.staging() as folder:
+            files = [
+                save_topic_figure(name, result, folder).name for name, result in results.items()
+            ]
+        for file in files:
+            console.print(f"  figure: {target.path / file}", highlight=False, soft_wrap=True)
     return 0

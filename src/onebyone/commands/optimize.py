@@ -3,30 +3,33 @@
 Calls ``onebyone.optimize`` on a random input of the given shape and prints its
 report: how the model was captured, what the passes did, every candidate engine
 with its latency and measured error. ``--onnx FILE`` and ``--openvino DIR`` also
-write the optimised graph (checked before any work starts: an existing target is
-kept unless ``--force``; written atomically, and only once everything succeeded),
-ready for an existing serving engine.
+write the optimised graph, ready for an existing serving engine. Both follow
+``commands._output``'s rule: checked before any work (``.onnx`` added when left
+out, an existing target kept unless ``--force``), written through a temporary
+and a rename only once the written graph ran and matched the original.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import tempfile
-from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from onebyone import _checks
-from onebyone.commands.analyze import load_weights, parse_input, parse_options, resolve_model
+from onebyone import _optional
+from onebyone.commands._common import (
+    MODEL_FORMS,
+    load_weights,
+    parse_input,
+    parse_options,
+    resolve_model,
+)
+from onebyone.commands._output import output_file, output_folder
 from onebyone.deploy import ENGINES, PRECISIONS, OptimizeReport, optimize, save_onnx, save_openvino
-from onebyone.models.external import is_external, load_external
 
-__all__ = ["register", "run", "write_atomically"]
+__all__ = ["register", "run"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,12 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "the fastest. Optionally write the result as ONNX or OpenVINO IR."
         ),
     )
-    p.add_argument(
-        "model",
-        metavar="MODEL",
-        help="a registered model name (onebyone.list_models()), timm:NAME, torchvision:NAME "
-        "or package.module:factory",
-    )
+    p.add_argument("model", metavar="MODEL", help=MODEL_FORMS)
     p.add_argument(
         "--input", default="1x3x224x224", metavar="SHAPE", help="input shape (default 1x3x224x224)"
     )
@@ -82,48 +80,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=ENGINES,
         help="execution engine; auto builds every installed one and keeps the fastest",
     )
-    p.add_argument("--onnx", metavar="FILE", help="also write the optimised graph as ONNX")
+    p.add_argument(
+        "--onnx", metavar="FILE.onnx", help="also write the optimised graph as ONNX (.onnx added)"
+    )
     p.add_argument(
         "--openvino", metavar="DIR", help="also write it as OpenVINO IR (DIR/model.xml + .bin)"
     )
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
     p.set_defaults(run=run)
-
-
-def _target(flag: str, value: str | None, force: bool) -> Path | None:
-    """Check an output path before any work: not empty, in an existing folder, new (or
-    ``--force``)."""
-    if value is None:
-        return None
-    if not value.strip():
-        raise _checks.invalid(flag, "a path (it is empty)", value)
-    path = Path(value)
-    if not (path.parent if str(path.parent) else Path(".")).is_dir():
-        raise _checks.invalid(flag, "a path in an existing folder", value)
-    if path.exists() and not force:
-        raise _checks.invalid(flag, "a path that does not exist yet (or --force)", value)
-    return path
-
-
-def write_atomically(path: Path, data: bytes, *, force: bool) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
-
-    Raises:
-        ValueError: ``path`` exists and ``force`` is False, or its folder does not exist.
-    """
-    _target("path", str(path), force)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
 
 
 def _load(model: nn.Module, path: str, spec: str) -> None:
@@ -196,18 +161,17 @@ def _print_report(
         console.print(f"note: {note}")
 
 
-def _model(spec: str, options: dict[str, object]) -> nn.Module:
-    if is_external(spec):
-        return load_external(spec, **options)
-    return resolve_model(spec, options)
-
-
 def run(args: argparse.Namespace) -> int:
     console = Console()
     shape = parse_input(args.input)
-    onnx_path = _target("--onnx", args.onnx, args.force)
-    openvino_path = _target("--openvino", args.openvino, args.force)
-    model = _model(args.model, parse_options(args.option))
+    onnx_out = openvino_out = None
+    if args.onnx is not None:  # checked before any work; "" is refused, not ignored
+        onnx_out = output_file("--onnx", args.onnx, ".onnx", force=args.force)
+        _optional.require("onnxruntime", "--onnx")
+    if args.openvino is not None:
+        openvino_out = output_folder("--openvino", args.openvino, force=args.force)
+        _optional.require("openvino", "--openvino")
+    model = resolve_model(args.model, parse_options(args.option))
     if args.weights:
         _load(model, args.weights, args.model)
     model.eval()
@@ -222,28 +186,35 @@ def run(args: argparse.Namespace) -> int:
             progress=lambda message: status.update(f"optimizing: {message}"),
         )
     _print_report(console, args.model, shape, report)
-    if (onnx_path or openvino_path) and report.program is None:
+    if (onnx_out or openvino_out) and report.program is None:
+        failed = report.capture_attempts[-1][1] if report.capture_attempts else report.capture
         raise RuntimeError(
-            "no file written: --onnx and --openvino need a torch.export capture "
-            f"({report.capture_attempts[-1][1] if report.capture_attempts else report.capture})"
+            f"no file written: --onnx and --openvino need a torch.export capture ({failed})"
         )
     tolerance = 1e-4 if args.tolerance is None else float(args.tolerance)
-    if onnx_path is not None:
-        with console.status("writing ONNX"):
-            path, verified = save_onnx(
-                report.program, (x,), onnx_path, original=model, tolerance=tolerance
-            )
+    if onnx_out is not None:
+        with console.status("writing ONNX"), onnx_out.staging() as temp:
+            _, verified = save_onnx(report.program, (x,), temp, original=model,
+                                    tolerance=tolerance)  # fmt: skip
+        path = onnx_out.path
         console.print(
             f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, ONNX); ONNX Runtime vs the "
-            f"original: max rel error {verified.max_rel:.3g}"
+            f"original: max rel error {verified.max_rel:.3g}",
+            highlight=False,
+            soft_wrap=True,
         )
-    if openvino_path is not None:
-        with console.status("writing OpenVINO IR"):
-            xml, verified = save_openvino(
-                report.program, (x,), openvino_path, original=model, tolerance=tolerance
-            )
+    if openvino_out is not None:
+        with console.status("writing OpenVINO IR"), openvino_out.staging() as temp:
+            _, verified = save_openvino(report.program, (x,), temp / "ir", original=model,
+                                        tolerance=tolerance)  # fmt: skip
+            for name in ("model.xml", "model.bin"):
+                (temp / "ir" / name).rename(temp / name)
+            (temp / "ir").rmdir()
+        xml = openvino_out.path / "model.xml"
         console.print(
-            f"wrote {xml} and {xml.with_suffix('.bin').name} (OpenVINO IR, float32); OpenVINO "
-            f"vs the original: max rel error {verified.max_rel:.3g}"
+            f"wrote {xml} and model.bin (OpenVINO IR, float32); OpenVINO vs the original: "
+            f"max rel error {verified.max_rel:.3g}",
+            highlight=False,
+            soft_wrap=True,
         )
     return 0

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from onebyone import _checks
+from onebyone import _checks, _optional
 from onebyone.nn import Conv1x1
 
 __all__ = [
@@ -66,9 +66,9 @@ def load_digits_split(*, test_size: float = 0.25, seed: int = 0) -> DigitsData:
         >>> tuple(data.x_test.shape)
         (450, 1, 8, 8)
     """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
+    purpose = "the digits data set (onebyone.explain.digits)"
+    load_digits = _optional.require("sklearn.datasets", purpose).load_digits
+    train_test_split = _optional.require("sklearn.model_selection", purpose).train_test_split
     if isinstance(test_size, bool) or not isinstance(test_size, float) or not 0 < test_size < 1:
         raise _checks.invalid("test_size", "a float between 0 and 1 (exclusive)", test_size)
     digits = load_digits()

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from onebyone import _checks
+from onebyone import _checks, _optional
 from onebyone.explain.fusion import SEED_CLAIM_PIXEL
 
 if TYPE_CHECKING:
@@ -51,9 +51,8 @@ COLORS = {"1x1": "#1f77b4", "3x3": "#ff7f0e", "other": "#7f7f7f"}
 
 
 def _figure(width: float, height: float) -> Figure:
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    figure = _optional.require("matplotlib.figure", "a figure of onebyone.explain").Figure
+    return figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from onebyone import _checks, activations
-from onebyone.functional import conv1x1
+from onebyone.functional import _FLOAT_DTYPES, conv1x1
 
 __all__ = ["NORMS", "Conv1x1", "ConvNormAct", "activation_module", "norm_module"]
 
@@ -38,7 +38,8 @@ class Conv1x1(nn.Module):
         groups: channel groups; must divide ``C`` and ``K``.
         bias: learn a ``(K,)`` bias.
         activation: ``None`` or a name from ``onebyone.ACTIVATIONS``.
-        device, dtype: where and how to allocate the parameters.
+        device, dtype: where and how to allocate the parameters (dtype: float16,
+            bfloat16, float32 or float64; None: the default dtype).
 
     Shape:
         ``(N, C, H, W) -> (N, K, ceil(H/sh), ceil(W/sw))`` or unbatched
@@ -72,6 +73,10 @@ class Conv1x1(nn.Module):
         self.groups = g
         self.stride = _checks.pair("stride", stride)
         self.activation = activations.activation(activation)
+        if dtype is not None and dtype not in _FLOAT_DTYPES:
+            names = ", ".join(str(d) for d in _FLOAT_DTYPES)
+            raise _checks.invalid("dtype", f"None or a floating-point dtype ({names})", dtype,
+                                  kind=TypeError)  # fmt: skip
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(k, c // g, **factory))
         self.bias = nn.Parameter(torch.empty(k, **factory)) if bias else None
