@@ -1,49 +1,59 @@
-"""Whole models on the CPU: ``onebyone.optimize`` against the compilers, side by side.
+"""Whole models on the CPU: ``onebyone.optimize`` against the engines users pick, side by side.
 
-For ResNet-50, MobileNetV2 and GoogLeNet at batch 1 and 8 (224x224, float32),
-every provider runs the same model on the same input, interleaved call by
-call so that the ratios hold on a shared machine:
+Models: the built-in ResNet-50, MobileNetV2 and GoogLeNet (their ``Conv1x1`` layers
+turned into ``nn.Conv2d``, so every provider starts from the model a torchvision
+user has) and timm architectures (``pretrained=False``), all with random norm
+statistics, in eval mode, at 224x224, batch 1 and 8, ``torch.set_num_threads(2)``.
 
-- ``eager``: the model as built (NCHW);
-- ``eager channels-last``: weights and input converted to channels-last;
-- ``optimize_for_inference``: ``torch.jit.optimize_for_inference(torch.jit.trace(...))``;
-- ``compile+freezing``: ``torch.compile`` with ``torch._inductor.config.freezing = True``;
-- ``onnxruntime``: ``torch.onnx.export`` then ONNX Runtime (CPU EP, all graph optimisations);
-- ``onebyone.optimize``: fold -> merge -> fuse -> layout, verified, engine chosen by measurement;
-- ``onebyone torch engine``: the same with ``engine="torch"`` (onebyone's fused oneDNN
-  graph, no ONNX Runtime), for reference; the targets concern ``onebyone.optimize``.
+Providers, each prepared the way its users prepare it and timed interleaved call
+by call (a shuffled order each round, a short pause before each call so the
+previous engine's spinning threads go idle):
 
-Reported per provider: median latency, images/s, GFLOP/s (MACs from
-``onebyone.profile``), the fraction of the machine's peak measured in the same
-run, the preparation time (trace / compile / export / optimize) and the largest
-error against eager (relative to the output's scale). Batch norms get random
-statistics so folding them is never the identity. The built-in models' ``Conv1x1``
-layers are converted to ``nn.Conv2d`` first (``plain_pytorch``), so every
-provider, ``onebyone.optimize`` included, starts from the model a torchvision
-user has.
+- ``eager``: the model as built;
+- ``onnxruntime``: ``torch.onnx.export(model, (x,), dynamo=True)`` and an
+  ``InferenceSession`` with every graph optimisation, ``intra_op_num_threads=2``;
+- ``openvino f32``: ``openvino.convert_model(model, example_input=x)``, compiled for
+  the CPU with ``INFERENCE_PRECISION_HINT=f32``;
+- ``openvino default``: the same compiled with OpenVINO's defaults (bfloat16 on CPUs
+  with native bfloat16; the precision it chose is reported);
+- ``compile+freezing``: ``torch.compile`` with ``torch._inductor.config.freezing``
+  (``--compile``: slow to prepare, so on a subset);
+- ``onebyone float32``: ``onebyone.optimize(model, x)`` (every engine, verified, the
+  fastest);
+- ``onebyone bfloat16``: ``onebyone.optimize(model, x, precision="bfloat16")``, where
+  this CPU has native bfloat16.
 
-Run: ``python benchmarks/bench_models.py`` (``--quick``: ResNet-50 and MobileNetV2
-at batch 1, fewer rounds, compile included; ``--no-compile`` to leave it out).
+Reported per provider: median latency over ``--repeat`` measurement runs (and their
+spread), preparation time, the largest error against eager (relative to the
+output's scale), top-1 agreement with eager, and the growth of the process's
+resident memory while preparing. A separate section measures ``optimize``'s
+preparation time with one explicit engine and its peak memory on ResNet-50, each
+in a fresh process.
+
+Run: ``python benchmarks/bench_models.py`` (``--quick``: two models at batch 1, one
+measurement run). Results: ``benchmarks/results/models.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import io
+import json
 import random
-import re
 import statistics
+import subprocess
 import sys
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import psutil
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 from torch import nn
@@ -51,39 +61,43 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import onebyone as obo
-from common import RESULTS, environment, write_json
+from common import environment, write_json
+from onebyone.deploy.engines import openvino as ov_engine
+from onebyone.deploy.engines import torch as torch_engine
+from onebyone.models.external import load_external
 from onebyone.nn import Conv1x1
-from onebyone.transforms import to_onnx
-from onebyone.transforms.fold import fold_owned
-from onebyone.transforms.merge import merge_owned
 from onebyone.transforms.verify import compare
 
-MODELS = ("resnet50", "mobilenet_v2", "googlenet")
-TARGETS = {  # onebyone.optimize must be at least this much faster than each peer
-    "eager": 1.5,
-    "optimize_for_inference": 1.2,
-    "compile+freezing": 1.0,
-    "onnxruntime": 1.0,
-}
+BUILT_IN = ("resnet50", "mobilenet_v2", "googlenet")
+TIMM = (
+    "efficientnet_b0",
+    "mobilenetv3_large_100",
+    "regnety_016",
+    "convnext_tiny",
+    "densenet121",
+    "ghostnet_100",
+)
+COMPILE_SUBSET = ("resnet50", "mobilenet_v2", "efficientnet_b0")
+FLOAT32_PEERS = ("onnxruntime", "openvino f32", "compile+freezing")
+THREADS = 2
 
 
 def random_norms(model: nn.Module, seed: int = 0) -> nn.Module:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d) and m.running_var is not None:
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is not None:
                 k = m.num_features
                 m.running_mean.copy_(torch.randn(k, generator=g) * 0.1)
                 m.running_var.copy_(torch.rand(k, generator=g) * 0.5 + 0.75)
-                m.weight.copy_(torch.rand(k, generator=g) * 0.5 + 0.75)
-                m.bias.copy_(torch.randn(k, generator=g) * 0.1)
+                if m.weight is not None:
+                    m.weight.copy_(torch.rand(k, generator=g) * 0.5 + 0.75)
+                    m.bias.copy_(torch.randn(k, generator=g) * 0.1)
     return model.eval()
 
 
 def plain_pytorch(model: nn.Module) -> nn.Module:
-    """The same model built from PyTorch's own layers: every ``Conv1x1`` becomes the
-    equivalent ``nn.Conv2d(kernel_size=1)`` (weights copied), as a torchvision model is.
-    Every provider, ``onebyone.optimize`` included, starts from this model."""
+    """Every ``Conv1x1`` becomes the equivalent ``nn.Conv2d(kernel_size=1)``."""
     result = copy.deepcopy(model)
     for name, module in list(result.named_modules()):
         if isinstance(module, Conv1x1):
@@ -92,123 +106,121 @@ def plain_pytorch(model: nn.Module) -> nn.Module:
     return result.eval()
 
 
-def peak_gflops() -> tuple[float, str]:
-    """The best fp32 GFLOP/s of oneDNN's channels-last 1x1 convolution (2048 -> 2048 maps at
-    32x32, a 2048 x 2048 x 1024 product) and ``torch.matmul`` (2048^3), best of 5 runs."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 2048, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(2048, 2048, 1, 1, generator=g)
-    a, b = torch.randn(2048, 2048, generator=g), torch.randn(2048, 2048, generator=g)
-    engines = {
-        "oneDNN 1x1 conv (channels-last)": (lambda: F.conv2d(x, w), 2 * 2048 * 2048 * 1024),
-        "torch.matmul": (lambda: a @ b, 2 * 2048**3),
-    }
-    best: dict[str, float] = {}
-    with torch.inference_mode():
-        for name, (fn, flops) in engines.items():
-            fn()
-            times = []
-            for _ in range(5):
-                t = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t)
-            best[name] = flops / min(times) / 1e9
-    engine = max(best, key=best.__getitem__)
-    return best[engine], engine
+def build_model(name: str) -> nn.Module:
+    if name in BUILT_IN:
+        return plain_pytorch(random_norms(obo.create_model(name)))
+    return random_norms(load_external(f"timm:{name}"))
 
 
+@dataclass
 class Provider:
-    """A way to run the model: ``run(x)`` plus how long it took to prepare."""
+    """A way to run the model: ``run()`` plus what preparing it cost."""
 
-    def __init__(self, name: str, run: Callable[[], Any], prepare_s: float, note: str = "") -> None:
-        self.name, self.run, self.prepare_s, self.note = name, run, prepare_s, note
+    name: str
+    run: Callable[[], Any]
+    prepare_s: float
+    memory_mb: float
+    note: str = ""
+    times: list[list[float]] = field(default_factory=list)
 
 
-def build_providers(
-    model: nn.Module, x: torch.Tensor, *, with_compile: bool
-) -> tuple[list[Provider], dict[str, Any]]:
-    providers = [Provider("eager", lambda: model(x), 0.0)]
-    extra: dict[str, Any] = {}
+def _rss_mb() -> float:
+    return psutil.Process().memory_info().rss / 2**20
 
-    t = time.perf_counter()
-    model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
-    x_cl = x.contiguous(memory_format=torch.channels_last)
-    providers.append(
-        Provider("eager channels-last", lambda: model_cl(x_cl), time.perf_counter() - t)
-    )
 
-    t = time.perf_counter()
-    with torch.no_grad():
-        scripted = torch.jit.optimize_for_inference(torch.jit.trace(model, x))
-    providers.append(
-        Provider("optimize_for_inference", lambda: scripted(x), time.perf_counter() - t)
-    )
+def _prepared(name: str, build: Callable[[], tuple[Callable[[], Any], str]]) -> Provider | str:
+    """Build one provider, timing it; a failure becomes its reason."""
+    rss = _rss_mb()
+    start = time.perf_counter()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            run, note = build()
+    except Exception as exc:  # a peer that cannot take this model is reported, not fatal
+        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160]}"
+    return Provider(name, run, time.perf_counter() - start, _rss_mb() - rss, note)
 
-    if with_compile:
+
+def providers_for(
+    name: str, model: nn.Module, x: torch.Tensor, *, with_compile: bool
+) -> tuple[list[Provider], dict[str, str], dict[str, Any]]:
+    built: list[Provider] = [Provider("eager", lambda: model(x), 0.0, 0.0)]
+    failed: dict[str, str] = {}
+    reports: dict[str, Any] = {}
+
+    def ort() -> tuple[Callable[[], Any], str]:
+        import onnxruntime as rt
+
+        onnx_program = torch.onnx.export(model, (x,), dynamo=True, verbose=False)
+        options = rt.SessionOptions()
+        options.graph_optimization_level = rt.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = THREADS
+        session = rt.InferenceSession(
+            onnx_program.model_proto.SerializeToString(), options,
+            providers=["CPUExecutionProvider"],
+        )  # fmt: skip
+        feed = {session.get_inputs()[0].name: x.numpy()}
+        return lambda: session.run(None, feed)[0], ""
+
+    def openvino(config: dict[str, Any]) -> Callable[[], tuple[Callable[[], Any], str]]:
+        def build() -> tuple[Callable[[], Any], str]:
+            import openvino as ov
+
+            compiled = ov.Core().compile_model(
+                ov.convert_model(model, example_input=x), "CPU", config
+            )
+            request = compiled.create_infer_request()
+            precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+            array = x.numpy()
+            return lambda: request.infer([array]), f"precision {precision}"
+
+        return build
+
+    def compiled() -> tuple[Callable[[], Any], str]:
         import torch._inductor.config as inductor_config
 
         inductor_config.freezing = True
-        compiled = torch.compile(model)
-        t = time.perf_counter()
+        fn = torch.compile(model)
         with torch.inference_mode():
-            compiled(x)  # the compile happens here
-        providers.append(Provider("compile+freezing", lambda: compiled(x), time.perf_counter() - t))
+            fn(x)  # the compilation happens here
+        return lambda: fn(x), ""
 
-    import onnxruntime as ort
+    def onebyone(precision: str) -> Callable[[], tuple[Callable[[], Any], str]]:
+        def build() -> tuple[Callable[[], Any], str]:
+            fast, report = obo.optimize(model, x, precision=precision, measure=False)
+            reports[precision] = report
+            return lambda: fast(x), f"{report.engine}/{report.precision}"
 
-    t = time.perf_counter()
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), buffer, dynamo=False, opset_version=17)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    x_np = x.numpy()
-    providers.append(
-        Provider(
-            "onnxruntime",
-            lambda: torch.from_numpy(session.run(None, {name: x_np})[0]),
-            time.perf_counter() - t,
-        )
-    )
+        return build
 
-    t = time.perf_counter()
-    own, _ = obo.optimize(model, x, engine="torch", measure=False)
-    providers.append(
-        Provider("onebyone torch engine", lambda: own(x), time.perf_counter() - t, note="torch")
-    )
-
-    t = time.perf_counter()
-    fast, report = obo.optimize(model, x, measure=False)
-    prep = time.perf_counter() - t
-    providers.append(Provider("onebyone.optimize", lambda: fast(x), prep, note=report.engine))
-    extra["onebyone_report"] = {
-        "engine": report.engine,
-        "engine_ms": report.engine_ms,
-        "passes": report.pass_counts(),
-        "layers_before": str(report.layers_before),
-        "layers_after": str(report.layers_after),
-        "max_rel_error": report.max_rel_error,
-        "notes": report.notes,
-    }
-    return providers, extra
+    steps: list[tuple[str, Callable[[], tuple[Callable[[], Any], str]]]] = [
+        ("onnxruntime", ort),
+        ("openvino f32", openvino({"INFERENCE_PRECISION_HINT": "f32"})),
+        ("openvino default", openvino({})),
+    ]
+    if with_compile and name in COMPILE_SUBSET:
+        steps.append(("compile+freezing", compiled))
+    steps.append(("onebyone float32", onebyone("float32")))
+    native_bf16 = "bfloat16" in torch_engine.precisions() or "bfloat16" in ov_engine.precisions()
+    if native_bf16:
+        steps.append(("onebyone bfloat16", onebyone("bfloat16")))
+    else:
+        failed["onebyone bfloat16"] = "this CPU has no native bfloat16 (optimize refuses it)"
+    for label, build in steps:
+        result = _prepared(label, build)
+        if isinstance(result, str):
+            failed[label] = result
+        else:
+            built.append(result)
+    return built, failed, reports
 
 
-def measure(
-    providers: list[Provider], rounds: int, warmup: int, gap_s: float
-) -> dict[str, list[float]]:
-    """Interleaved timing: each round calls every provider once, in a shuffled order.
-
-    A pause of ``gap_s`` before each call lets the previous provider's worker
-    threads (ONNX Runtime's and OpenMP's spin-wait after a run) go idle, so no
-    provider is timed while another one's threads still hold the cores; the
-    order changes every round so that no provider always follows the same one.
-    """
-    times: dict[str, list[float]] = {p.name: [] for p in providers}
+def measure(providers: list[Provider], rounds: int, warmup: int, gap_s: float) -> None:
+    """One measurement run: ``rounds`` interleaved rounds, appended to each provider's
+    ``times``."""
     order = list(providers)
-    rng = random.Random(0)
+    rng = random.Random(len(providers[0].times))
+    run_times: dict[str, list[float]] = {p.name: [] for p in providers}
     with torch.inference_mode():
         for p in providers:
             for _ in range(warmup):
@@ -219,323 +231,186 @@ def measure(
                 time.sleep(gap_s)
                 t = time.perf_counter()
                 p.run()
-                times[p.name].append(time.perf_counter() - t)
-    return times
+                run_times[p.name].append(time.perf_counter() - t)
+    for p in providers:
+        p.times.append(run_times[p.name])
 
 
-def run_case(
-    name: str,
-    batch: int,
-    *,
-    rounds: int,
-    warmup: int,
-    gap_s: float,
-    with_compile: bool,
-) -> dict[str, Any]:
+def _output(value: Any) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if hasattr(value, "to_tuple"):  # an OpenVINO result
+        value = value.to_tuple()[0]
+    if isinstance(value, (list, tuple)):
+        value = value[0]
+    if hasattr(value, "data"):
+        value = value.data
+    return torch.as_tensor(value)
+
+
+def run_case(name: str, batch: int, args: argparse.Namespace, console: Console) -> dict[str, Any]:
     torch.manual_seed(0)
-    model = plain_pytorch(random_norms(obo.create_model(name)))
+    model = build_model(name)
     x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(1))
-    macs = obo.profile(model, x).total.macs
-    providers, extra = build_providers(model, x, with_compile=with_compile)
+    console.print(f"[bold]{name}[/], batch {batch}: preparing")
+    providers, failed, reports = providers_for(name, model, x, with_compile=args.compile)
     with torch.inference_mode():
         reference = model(x)
-        errors = {p.name: compare(reference, p.run(), rtol=0, atol=0).max_rel for p in providers}
-    times = measure(providers, rounds, warmup, gap_s)
+        errors, top1 = {}, {}
+        for p in providers:
+            out = _output(p.run()).reshape(reference.shape).to(reference.dtype)
+            errors[p.name] = compare(reference, out, rtol=0, atol=0).max_rel
+            top1[p.name] = float((out.argmax(1) == reference.argmax(1)).float().mean())
+    for run in range(args.repeat):
+        console.print(f"  measurement run {run + 1}/{args.repeat}")
+        measure(providers, args.rounds, args.warmup, args.gap)
     rows = []
     for p in providers:
-        median = statistics.median(times[p.name])
-        gflops = 2 * macs / median / 1e9
-        rows.append(
-            {
-                "provider": p.name,
-                "median_ms": median * 1e3,
-                "images_per_s": batch / median,
-                "gflops": gflops,
-                "prepare_s": p.prepare_s,
-                "max_rel_error": errors[p.name],
-                "note": p.note,
-            }
+        medians = [statistics.median(ts) * 1e3 for ts in p.times]
+        rows.append({
+            "provider": p.name,
+            "median_ms": statistics.median(medians),
+            "run_medians_ms": medians,
+            "prepare_s": p.prepare_s,
+            "prepare_rss_mb": p.memory_mb,
+            "max_rel_error": errors[p.name],
+            "top1_agreement": top1[p.name],
+            "note": p.note,
+        })  # fmt: skip
+    by = {r["provider"]: r for r in rows}
+    result: dict[str, Any] = {"model": name, "batch": batch, "rows": rows, "failed": failed}
+    ours = by.get("onebyone float32")
+    if ours is not None:
+        peers = [by[n] for n in FLOAT32_PEERS if n in by]
+        fastest = min(peers, key=lambda r: r["median_ms"]) if peers else None
+        per_run = [
+            min(by[n]["run_medians_ms"][i] for n in FLOAT32_PEERS if n in by) / m
+            for i, m in enumerate(ours["run_medians_ms"])
+        ] if peers else []  # fmt: skip
+        result["float32"] = {
+            "vs_fastest_peer": fastest["median_ms"] / ours["median_ms"] if fastest else None,
+            "fastest_peer": fastest["provider"] if fastest else None,
+            "vs_fastest_peer_per_run": per_run,
+            "vs_eager": by["eager"]["median_ms"] / ours["median_ms"],
+        }
+    if "onebyone bfloat16" in by and "openvino default" in by:
+        result["bfloat16"] = {
+            "vs_openvino_default": by["openvino default"]["median_ms"]
+            / by["onebyone bfloat16"]["median_ms"],
+            "error": by["onebyone bfloat16"]["max_rel_error"],
+        }
+    if "float32" in reports:
+        r = reports["float32"]
+        result["onebyone_report"] = {
+            "engine": r.engine,
+            "capture": r.capture,
+            "passes": r.pass_counts(),
+            "candidates": {c.name: c.latency_ms for c in r.candidates},
+            "prepare_s": r.prepare_s,
+        }
+    return result
+
+
+_PREP_SCRIPT = """
+import json, resource, sys, time, torch, warnings
+warnings.filterwarnings("ignore")
+sys.path.insert(0, {bench!r})
+torch.set_num_threads({threads})
+from bench_models import build_model
+import onebyone as obo
+model = build_model("resnet50")
+x = torch.randn(1, 3, 224, 224)
+start = time.perf_counter()
+fast, report = obo.optimize(model, x, engine={engine!r}, measure=False)
+seconds = time.perf_counter() - start
+print(json.dumps({{"engine": {engine!r}, "prepare_s": seconds,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+
+def preparation(console: Console) -> list[dict[str, Any]]:
+    """``optimize`` on ResNet-50 at batch 1, one engine (and auto) per fresh process."""
+    rows = []
+    for engine in ("torch", "onnxruntime", "openvino", "auto"):
+        script = _PREP_SCRIPT.format(
+            bench=str(Path(__file__).resolve().parent), threads=THREADS, engine=engine
         )
-    ours = next(r for r in rows if r["provider"] == "onebyone.optimize")
-    ratios = {
-        r["provider"]: r["median_ms"] / ours["median_ms"]
-        for r in rows
-        if r["provider"] != "onebyone.optimize"
-    }
-    return {
-        "model": name,
-        "batch": batch,
-        "macs": macs,
-        "rows": rows,
-        "speedup_vs": ratios,
-        **extra,
-    }
-
-
-def layer_breakdown(
-    model: nn.Module, x: torch.Tensor, peak: float, runs: int = 10
-) -> list[dict[str, Any]]:
-    """Where the time goes: ONNX Runtime's kernel time per node of the graph onebyone gives it,
-    summed by layer category, against each category's roofline time (``onebyone.profile``
-    with this run's peak and the measured memory bandwidth). Nodes are named after their
-    layers by ``to_onnx``, so a fused node counts for the convolution it started from."""
-    import json
-
-    import onnxruntime as ort
-
-    folded, _ = fold_owned(model, x, owned=False)
-    merged, _ = merge_owned(folded, True, owned=True)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.enable_profiling = True
-    options.profile_file_prefix = str(RESULTS / "ort_profile")
-    proto = to_onnx(merged, x)
-    session = ort.InferenceSession(
-        proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    # ONNX Runtime names a fused node after the last node it absorbed (conv -> add -> relu is
-    # named after the relu): follow each epilogue node back to the convolution it extends
-    origin: dict[str, str] = {}
-    produced = {out: i for i, node in enumerate(proto.graph.node) for out in node.output}
-    for node in proto.graph.node:
-        layer = node.name.split("__")[0]
-        sources = [origin[i] for i in node.input if i in origin]
-        if (
-            node.op_type in ("Relu", "Clip", "Add", "Sigmoid", "Mul", "LeakyRelu", "HardSwish")
-            and sources
-        ):
-            latest = max((i for i in node.input if i in origin), key=produced.__getitem__)
-            layer = origin[latest]
-        if node.op_type == "Conv" or layer != node.name.split("__")[0]:
-            origin[node.name] = layer
-    feed = {session.get_inputs()[0].name: x.numpy()}
-    for _ in range(3 + runs):
-        session.run(None, feed)
-    trace_path = Path(session.end_profiling())
-    events = json.loads(trace_path.read_text())
-    trace_path.unlink()
-    kernel: dict[str, list[float]] = {}
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            kernel.setdefault(e["name"][: -len("_kernel_time")], []).append(e["dur"] / 1e3)
-    node_ms = {name: sorted(v)[len(v) // 2] for name, v in kernel.items()}  # median per node
-    gbps = obo.machine_peak().gbps
-    prof = obo.profile(model, x, peak=obo.MachinePeak(gflops=peak, gbps=gbps))
-    category = {layer.name: layer.category for layer in prof.layers}
-    rows: dict[str, dict[str, Any]] = {}
-    for layer in prof.layers:
-        row = rows.setdefault(
-            layer.category,
-            {
-                "category": layer.category,
-                "layers": 0,
-                "gflop": 0.0,
-                "roofline_ms": 0.0,
-                "measured_ms": 0.0,
-            },
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=900
         )
-        row["layers"] += 1
-        row["gflop"] += layer.cost.flops / 1e9
-        row["roofline_ms"] += layer.time_s * 1e3
-    other = {
-        "category": "not a model layer (layout reorders)",
-        "layers": 0,
-        "gflop": 0.0,
-        "roofline_ms": 0.0,
-        "measured_ms": 0.0,
-    }
-    for name, ms in node_ms.items():
-        base = re.match(r"^(.*?__\d+)", name)
-        key = base.group(1) if base else name
-        layer = origin.get(key, key.split("__")[0])
-        target = rows.get(category.get(layer, ""), other)
-        target["measured_ms"] += ms
-    out = [*rows.values(), other]
-    for row in out:
-        row["roofline_fraction"] = (
-            row["roofline_ms"] / row["measured_ms"] if row["measured_ms"] else None
-        )
-    return out
+        if done.returncode != 0:
+            rows.append({"engine": engine, "error": done.stderr.strip().splitlines()[-1]})
+            continue
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        console.print(f"  resnet50 engine={engine}: {rows[-1]}")
+    return rows
 
 
-def print_breakdown(console: Console, name: str, batch: int, rows: list[dict[str, Any]]) -> None:
-    table = Table(
-        title=f"{name} batch {batch}: ONNX Runtime kernel time by layer category",
-        title_justify="left",
-    )
-    for column in (
-        "category",
-        "layers",
-        "GFLOP",
-        "roofline ms",
-        "measured ms",
-        "roofline / measured",
-    ):
-        table.add_column(column, justify="left" if column == "category" else "right")
-    for r in rows:
-        fraction = r["roofline_fraction"]
-        table.add_row(
-            r["category"],
-            str(r["layers"]),
-            f"{r['gflop']:.3f}",
-            f"{r['roofline_ms']:.2f}",
-            f"{r['measured_ms']:.2f}",
-            "-" if fraction is None else f"{100 * fraction:.0f}%",
-        )
-    console.print(table)
-
-
-def print_case(console: Console, case: dict[str, Any]) -> None:
-    table = Table(
-        title=f"{case['model']} batch {case['batch']} ({case['macs'] / 1e9:.3f} GMAC)",
-        title_justify="left",
-    )
-    for column in (
-        "provider",
-        "median ms",
-        "images/s",
-        "GFLOP/s",
-        "% peak",
-        "prep s",
-        "max rel err",
-        "onebyone speed-up",
-    ):
-        table.add_column(column, justify="left" if column == "provider" else "right")
-    for r in case["rows"]:
-        ratio = case["speedup_vs"].get(r["provider"])
-        label = r["provider"] + (f" ({r['note']})" if r["note"] else "")
-        table.add_row(
-            label,
-            f"{r['median_ms']:.2f}",
-            f"{r['images_per_s']:.1f}",
-            f"{r['gflops']:.0f}",
-            f"{100 * r['peak_fraction']:.0f}%",
-            f"{r['prepare_s']:.2f}",
-            f"{r['max_rel_error']:.1e}",
-            "" if ratio is None else f"{ratio:.2f}x",
-        )
-    console.print(table)
-
-
-def targets(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every (case, peer) target with the measured ratio and whether it holds."""
-    out = []
+def _table(cases: list[dict[str, Any]]) -> Table:
+    table = Table(title="median ms (spread over runs), x = onebyone float32's speed-up")
+    names = ["eager", "onnxruntime", "openvino f32", "openvino default", "compile+freezing",
+             "onebyone float32", "onebyone bfloat16"]  # fmt: skip
+    table.add_column("model, batch")
+    for n in names:
+        table.add_column(n, justify="right")
+    table.add_column("vs fastest f32 peer", justify="right")
+    table.add_column("vs eager", justify="right")
     for case in cases:
-        ours = next(r for r in case["rows"] if r["provider"] == "onebyone.optimize")
-        for peer, target in TARGETS.items():
-            ratio = case["speedup_vs"].get(peer)
-            if ratio is None:
+        by = {r["provider"]: r for r in case["rows"]}
+        cells = []
+        for n in names:
+            r = by.get(n)
+            if r is None:
+                cells.append("-")
                 continue
-            out.append(
-                {
-                    "model": case["model"],
-                    "batch": case["batch"],
-                    "peer": peer,
-                    "target": target,
-                    "ratio": ratio,
-                    "met": ratio >= target,
-                }
-            )
-        out.append(
-            {
-                "model": case["model"],
-                "batch": case["batch"],
-                "peer": "prepare (s)",
-                "target": 2.0,
-                "ratio": ours["prepare_s"],
-                "met": ours["prepare_s"] < 2.0,
-            }
-        )
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="resnet50 and mobilenet_v2 at batch 1")
-    parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--batch", default="1,8")
-    parser.add_argument("--rounds", type=int, default=None, help="timed rounds per case")
-    parser.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
-    parser.add_argument(
-        "--layers",
-        action="store_true",
-        help="also show where ONNX Runtime's time goes, by layer category",
-    )
-    parser.add_argument(
-        "--gap-ms", type=float, default=20.0, help="pause before each timed call (default 20 ms)"
-    )
-    args = parser.parse_args(argv)
-    models = ["resnet50", "mobilenet_v2"] if args.quick else args.models.split(",")
-    batches = [1] if args.quick else [int(b) for b in args.batch.split(",")]
-    rounds = args.rounds or (8 if args.quick else 20)
-    console = Console(width=132)
-    torch.set_grad_enabled(False)
-    start_peak, engine = peak_gflops()
-    console.print(
-        f"{torch.get_num_threads()} threads; {rounds} interleaved rounds per case; "
-        f"MACs from onebyone.profile"
-    )
-    cases = []
-    for name in models:
-        for batch in batches:
-            console.print(f"running {name} batch {batch} ...")
-            case = run_case(
-                name,
-                batch,
-                rounds=rounds,
-                warmup=3,
-                gap_s=args.gap_ms / 1e3,
-                with_compile=not args.no_compile,
-            )
-            cases.append(case)
-    end_peak, end_engine = peak_gflops()
-    peak = max(start_peak, end_peak)  # the machine's peak: the better of two measurements
-    engine = engine if start_peak >= end_peak else end_engine
-    console.print(
-        f"peak {peak:.0f} GFLOP/s ({engine}; measured {start_peak:.0f} before the cases and "
-        f"{end_peak:.0f} after)"
-    )
-    for case in cases:
-        for row in case["rows"]:
-            row["peak_fraction"] = row["gflops"] / peak
-        print_case(console, case)
-        if args.layers:
-            model = plain_pytorch(random_norms(obo.create_model(case["model"])))
-            x = torch.randn(case["batch"], 3, 224, 224)
-            case["layers"] = layer_breakdown(model, x, peak)
-            print_breakdown(console, case["model"], case["batch"], case["layers"])
-    checks = targets(cases)
-    table = Table(title="targets: onebyone.optimize speed-up over each peer", title_justify="left")
-    for column in ("model", "batch", "peer", "target", "measured", "met"):
-        table.add_column(column, justify="left" if column in ("model", "peer") else "right")
-    for c in checks:
-        unit = " s" if c["peer"] == "prepare (s)" else "x"
-        bound = "<" if c["peer"] == "prepare (s)" else ">="
+            lo, hi = min(r["run_medians_ms"]), max(r["run_medians_ms"])
+            cells.append(f"{r['median_ms']:.1f} ({lo:.1f}-{hi:.1f})")
+        f32 = case.get("float32", {})
+        per_run = f32.get("vs_fastest_peer_per_run") or []
+        spread = f" ({min(per_run):.2f}-{max(per_run):.2f})" if per_run else ""
+        vs_peer = f32.get("vs_fastest_peer")
         table.add_row(
-            c["model"],
-            str(c["batch"]),
-            c["peer"],
-            f"{bound} {c['target']}{unit}",
-            f"{c['ratio']:.2f}{unit}",
-            "yes" if c["met"] else "NO",
+            f"{case['model']}, {case['batch']}",
+            *cells,
+            "-" if vs_peer is None else f"{vs_peer:.2f}x{spread}",
+            "-" if "vs_eager" not in f32 else f"{f32['vs_eager']:.2f}x",
         )
-    console.print(table)
-    payload = {
-        "environment": environment(),
-        "peak": {"gflops": peak, "engine": engine, "before": start_peak, "after": end_peak},
-        "rounds": rounds,
-        "gap_ms": args.gap_ms,
-        "quick": args.quick,
-        "cases": cases,
-        "targets": checks,
-        "all_targets_met": all(c["met"] for c in checks),
-        "onnxruntime": __import__("onnxruntime").__version__,
-        "numpy": np.__version__,
-    }
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", default=[*BUILT_IN, *TIMM])
+    parser.add_argument("--batches", nargs="*", type=int, default=[1, 8])
+    parser.add_argument("--repeat", type=int, default=3, help="measurement runs (default 3)")
+    parser.add_argument("--rounds", type=int, default=15, help="timed rounds per run")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--gap", type=float, default=0.01, help="pause before each call (s)")
+    parser.add_argument("--compile", action="store_true", help="add torch.compile+freezing")
+    parser.add_argument("--no-prep", action="store_true", help="skip the preparation section")
+    parser.add_argument("--quick", action="store_true", help="two models, batch 1, one run")
+    args = parser.parse_args()
+    if args.quick:
+        args.models, args.batches, args.repeat, args.rounds = (
+            ["resnet50", "mobilenetv3_large_100"],
+            [1],
+            1,
+            5,
+        )
+    torch.set_num_threads(THREADS)
+    console = Console()
+    cases = []
+    for name in args.models:
+        for batch in args.batches:
+            cases.append(run_case(name, batch, args, console))
+            console.print(_table(cases[-1:]))
+    console.print(_table(cases))
+    prep = [] if args.no_prep else preparation(console)
+    payload = {"environment": environment(), "args": vars(args), "cases": cases,
+               "preparation": prep}  # fmt: skip
     path = write_json("models_quick" if args.quick else "models", payload)
     console.print(f"wrote {path}")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

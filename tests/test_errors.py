@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import onebyone as obo
 import onebyone.numpy as onp
@@ -180,3 +181,25 @@ def test_a_full_cache_is_emptied_before_it_takes_a_new_entry():
     assert remember(cache, "c", 3, limit=3) == 3 and cache == {"a": 1, "b": 2, "c": 3}
     remember(cache, "d", 4, limit=3)
     assert cache == {"d": 4}
+
+
+@pytest.mark.parametrize(
+    ("x", "w", "argument", "layout"),
+    [
+        (torch.randn(1, 4, 3, 3).to_sparse(), torch.randn(2, 4), "x", "sparse_coo"),
+        (torch.randn(1, 4, 3, 3).to_mkldnn(), torch.randn(2, 4), "x", "_mkldnn"),
+        (torch.randn(1, 4, 3, 3), torch.randn(2, 4).to_sparse(), "weight", "sparse_coo"),
+    ],
+    ids=["sparse-x", "mkldnn-x", "sparse-weight"],
+)
+def test_non_dense_tensors_are_refused_by_name(
+    x: torch.Tensor, w: torch.Tensor, argument: str, layout: str
+) -> None:
+    with pytest.raises(TypeError, match=rf"argument `{argument}`\. Expected a dense .*{layout}"):
+        obo.conv1x1(x, w)
+
+
+def test_fold_batchnorm_refuses_a_meta_example() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)).eval()
+    with pytest.raises(ValueError, match=r"argument `example_input`.*meta"):
+        obo.fold_batchnorm(model, torch.randn(2, 4, device="meta"))

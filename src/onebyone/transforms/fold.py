@@ -216,6 +216,22 @@ def check_eval(model: nn.Module) -> None:
         )
 
 
+def _check_example(model: nn.Module, example_input: object) -> None:
+    """An example must hold data on the model's device (``meta`` tensors have none)."""
+    param = next(iter(model.parameters()), None)
+    for t in as_inputs(example_input):
+        if t.device.type == "meta" or t.layout != torch.strided:
+            raise ValueError(
+                "Invalid value for argument `example_input`. Expected dense tensors with data "
+                f"the model can run. Received a tensor on {t.device} with layout {t.layout}."
+            )
+        if param is not None and t.device != param.device:
+            raise ValueError(
+                "Invalid value for argument `example_input`. Expected tensors on the model's "
+                f"device {param.device}. Received a tensor on {t.device}."
+            )
+
+
 def _ranks(model: nn.Module, graph: fx.Graph, example_input: object) -> dict[str, int]:
     """Number of dimensions of every node's output on ``example_input``."""
     probe = copy.deepcopy(graph)  # node names are kept; the caller's graph stays unowned
@@ -319,6 +335,8 @@ def fold_batchnorm(
     """
     check_model(model)
     check_eval(model)
+    if example_input is not None:
+        _check_example(model, example_input)
     result, report = _fold_model(model, example_input, in_place=False)
     return (result, report) if with_report else result
 
