@@ -1,4 +1,5 @@
-"""The one comparison helper every test uses, and the per-dtype tolerances."""
+"""What the tests share: the comparison helper and per-dtype tolerances, the independent
+reference of the op, and norms with random statistics."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import onebyone as obo
+import onebyone.numpy as onp
 
 # (dtype, atol, rtol): float16/bfloat16 round every product's output to 11/8 bits.
 TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
@@ -46,3 +49,38 @@ def assert_close(actual: Any, expected: Any, dtype: torch.dtype = torch.float32)
     assert a.shape == e.shape, f"shape {a.shape} != expected {e.shape}"
     atol, rtol = TOLERANCES[dtype]
     np.testing.assert_allclose(a, e, atol=atol, rtol=rtol, equal_nan=True)
+
+
+def reference(x, w, b, stride, groups, activation=None, residual=None):
+    """The NumPy op in float64, then the epilogue in float64 torch (on the CPU)."""
+    y = onp.conv1x1(
+        x.detach().cpu().double().numpy(),
+        w.detach().cpu().double().reshape(w.shape[0], -1).numpy(),
+        None if b is None else b.detach().cpu().double().numpy(),
+        stride=stride,
+        groups=groups,
+    )
+    z = torch.from_numpy(np.asarray(y))
+    if residual is not None:
+        z = z + residual.detach().cpu().double()
+    return ACTS[activation](z)
+
+
+NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every batch norm random statistics and affine parameters (so folding one is
+    never the identity); returns ``model.eval()``."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, NORM_TYPES) and m.running_mean is not None:
+                assert m.running_var is not None
+                k = m.num_features
+                m.running_mean.copy_(torch.randn(k, generator=g) * 0.5)
+                m.running_var.copy_(torch.rand(k, generator=g) * 1.5 + 0.25)
+                if m.weight is not None and m.bias is not None:
+                    m.weight.copy_(torch.rand(k, generator=g) + 0.5)
+                    m.bias.copy_(torch.randn(k, generator=g) * 0.3)
+    return model.eval()

@@ -25,23 +25,11 @@ from onebyone.nn import (
     channel_shuffle,
 )
 
-from helpers import assert_close
+from helpers import assert_close, randomize_norms
 
 
 def n_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
-
-
-def randomize_norms(m: nn.Module) -> None:
-    """Give every batch norm non-trivial statistics and affine terms."""
-    for bn in m.modules():
-        if isinstance(bn, nn.BatchNorm2d):
-            c = bn.num_features
-            bn.running_mean.copy_(torch.randn(c) * 0.3)
-            bn.running_var.copy_(torch.rand(c) + 0.5)
-            with torch.no_grad():
-                bn.weight.copy_(torch.rand(c) + 0.5)
-                bn.bias.copy_(torch.randn(c) * 0.3)
 
 
 def bn_ref(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:

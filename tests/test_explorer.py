@@ -211,7 +211,7 @@ def test_explain_html_onto_a_file_is_a_one_line_error(tmp_path, capsys):
     target.write_text("a file")
     assert main(["explain", "--html", str(target)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Invalid value for argument `directory`" in err
+    assert err.count("\n") == 1 and "Invalid value for argument `--html`" in err
     assert target.read_text() == "a file" and sorted(tmp_path.iterdir()) == [target]
 
 

@@ -5,19 +5,17 @@ from __future__ import annotations
 import warnings
 
 import hypothesis.strategies as st
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 
 import onebyone as obo
-import onebyone.numpy as onp
 from onebyone import functional
 from onebyone.kernels import onednn, routing
 from onebyone.nn import Conv1x1
 
-from helpers import ACTS, TOLERANCES, assert_close
+from helpers import ACTS, TOLERANCES, assert_close, reference
 
 SHAPES = [
     # (N, C, K, H, W, stride, groups)
@@ -26,21 +24,6 @@ SHAPES = [
     (1, 12, 20, 5, 6, (2, 1), 4),
     (3, 8, 8, 4, 5, 1, 8),  # depthwise
 ]
-
-
-def reference(x, w, b, stride, groups, activation=None, residual=None):
-    """NumPy op in float64, then the epilogue in float64 torch."""
-    y = onp.conv1x1(
-        x.detach().double().numpy(),
-        w.detach().double().reshape(w.shape[0], -1).numpy(),
-        None if b is None else b.detach().double().numpy(),
-        stride=stride,
-        groups=groups,
-    )
-    z = torch.from_numpy(np.asarray(y))
-    if residual is not None:
-        z = z + residual.detach().double()
-    return ACTS[activation](z)
 
 
 def make(n, c, k, h, w, groups, dtype=torch.float32, seed=0):

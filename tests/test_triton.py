@@ -26,17 +26,15 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton", reason="Triton is not installed (pip install 'onebyone[triton]')")
 
 import hypothesis.strategies as st
-import numpy as np
 import torch.nn.functional as F
 from hypothesis import given, settings
 
 import onebyone as obo
-import onebyone.numpy as onp
 from onebyone import geometry
 from onebyone.kernels import routing
 from onebyone.kernels import triton as tk
 
-from helpers import ACTS, TOLERANCES, assert_close
+from helpers import ACTS, TOLERANCES, assert_close, reference
 
 if os.environ.get("TRITON_INTERPRET") == "1" and not tk.INTERPRETED:
     tk = importlib.reload(tk)  # imported before the variable was set: decorate again
@@ -75,21 +73,6 @@ def make_case(n, c, k, h, w, stride, groups, *, dtype, channels_last, bias=True,
     return tuple(None if t is None else t.to(DEVICE).requires_grad_() for t in (x, wt, b, r))
 
 
-def numpy_reference(x, wt, b, r, stride, groups, activation):
-    """Forward in float64 through the NumPy op, then the epilogue in float64 torch."""
-    y = onp.conv1x1(
-        x.detach().cpu().double().numpy(),
-        wt.detach().cpu().double().numpy(),
-        None if b is None else b.detach().cpu().double().numpy(),
-        stride=stride,
-        groups=groups,
-    )
-    z = torch.from_numpy(np.asarray(y))
-    if r is not None:
-        z = z + r.detach().cpu().double()
-    return ACTS[activation](z)
-
-
 def conv2d_grads(x, wt, b, r, stride, groups, activation, grad_y):
     """Gradients of the same loss through nn.Conv2d's functional form in float64."""
     leaves = [
@@ -117,7 +100,7 @@ def check_forward_backward(shape, *, activation, dtype, channels_last, bias=True
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     assert y.dtype == dtype
     assert y.is_contiguous(memory_format=fmt)
-    assert_close(y, numpy_reference(x, wt, b, r, stride, groups, activation), dtype)
+    assert_close(y, reference(x, wt, b, stride, groups, activation, r), dtype)
 
     grad_y = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(dtype).to(DEVICE)
     y.backward(grad_y)
@@ -201,7 +184,7 @@ def test_forward_property(n, cg, kg, groups, h, w, sh, sw, channels_last):
     x, wt, b, r = make_case(*shape, dtype=torch.float32, channels_last=channels_last)
     with torch.no_grad():
         y = obo.conv1x1(x, wt, b, stride=(sh, sw), groups=groups, residual=r, backend="triton")
-    assert_close(y, numpy_reference(x, wt, b, r, (sh, sw), groups, None))
+    assert_close(y, reference(x, wt, b, (sh, sw), groups, None, r))
 
 
 def test_strided_views_unbatched_and_expanded_gradients():

@@ -12,23 +12,11 @@ from torch import nn
 
 from onebyone.nn import Conv1x1
 
-BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+from helpers import NORM_TYPES, randomize_norms
 
+__all__ = ["randomize_norms"]  # re-exported for the transform tests
 
-def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every batch norm random statistics and affine parameters; returns ``model.eval()``."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, BN_TYPES) and m.running_mean is not None:
-                assert m.running_var is not None
-                k = m.num_features
-                m.running_mean.copy_(torch.randn(k, generator=g) * 0.5)
-                m.running_var.copy_(torch.rand(k, generator=g) * 1.5 + 0.25)
-                if m.weight is not None and m.bias is not None:
-                    m.weight.copy_(torch.rand(k, generator=g) + 0.5)
-                    m.bias.copy_(torch.randn(k, generator=g) * 0.3)
-    return model.eval()
+BN_TYPES = NORM_TYPES
 
 
 def snapshot(model: nn.Module) -> tuple[str, dict[str, torch.Tensor]]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import operator
+import warnings
 from typing import Any
 
 import torch
@@ -213,7 +214,8 @@ def _fuse(gm: fx.GraphModule, pack: bool) -> int:
                         tuple(x_meta.shape), list(call.stride), list(call.padding),
                         list(call.dilation), call.groups,
                     ))  # fmt: skip
-                    with graph.inserting_before(node):
+                    with graph.inserting_before(node), warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # an attribute that is not a tensor
                         weight_arg = graph.get_attr(name)
         with graph.inserting_before(chain[-1]):
             new = graph.call_function(
