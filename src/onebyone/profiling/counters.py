@@ -18,7 +18,16 @@ import torch
 from onebyone import _checks
 from onebyone.cost import Cost, conv_counts, touched, window_reads
 
-__all__ = ["CATEGORIES", "COUNTERS", "FREE", "Count", "first_tensor", "tensor_args"]
+__all__ = [
+    "CATEGORIES",
+    "COUNTERS",
+    "FREE",
+    "METADATA",
+    "SOFTMAX_OPS",
+    "Count",
+    "first_tensor",
+    "tensor_args",
+]
 
 CATEGORIES: tuple[str, ...] = (
     "pointwise",
@@ -26,6 +35,7 @@ CATEGORIES: tuple[str, ...] = (
     "grouped",
     "conv",
     "linear",
+    "attention",
     "norm",
     "elementwise",
     "pooling",
@@ -33,7 +43,9 @@ CATEGORIES: tuple[str, ...] = (
 """Layer categories: ``pointwise`` is any convolution with a 1x1 kernel (any
 groups); ``depthwise`` has ``groups == in_channels``; ``grouped`` other
 ``groups > 1``; ``conv`` dense ``k x k``; ``linear`` covers ``F.linear`` and
-matrix products."""
+matrix products; ``attention`` is ``F.scaled_dot_product_attention`` (attention
+written out as ``q @ k.transpose(-2, -1)``, ``softmax``, ``@ v`` is counted as
+two ``linear`` products and an ``elementwise`` softmax)."""
 
 
 Args = Sequence[Any]
@@ -290,6 +302,42 @@ def _count_reduction(func: Any, args: Args, kwargs: Kwargs, out: torch.Tensor) -
     return Count("pooling", cost, tuple(x.shape))
 
 
+SOFTMAX_OPS = 5
+"""Other ops per element of a softmax: max, subtract, exp, sum, divide (``log_softmax``:
+max, subtract, exp, sum, subtract the log)."""
+
+
+def _count_softmax(func: Any, args: Args, kwargs: Kwargs, out: torch.Tensor) -> Count:
+    x = _arg(args, kwargs, 0, "input")
+    cost = Cost(
+        other_ops=SOFTMAX_OPS * x.numel(),
+        bytes_read=x.numel() * x.element_size(),
+        bytes_written=out.numel() * out.element_size(),
+    )
+    return Count("elementwise", cost, tuple(x.shape))
+
+
+def _count_attention(func: Any, args: Args, kwargs: Kwargs, out: torch.Tensor) -> Count:
+    # F.scaled_dot_product_attention(query (..., L, E), key (..., S, E), value (..., S, Ev),
+    #                                attn_mask, dropout_p, is_causal, scale, enable_gqa)
+    q, k = _arg(args, kwargs, 0, "query"), _arg(args, kwargs, 1, "key")
+    v, mask = _arg(args, kwargs, 2, "value"), _arg(args, kwargs, 3, "attn_mask")
+    causal = bool(_arg(args, kwargs, 5, "is_causal", False))
+    rows = q.numel() // q.shape[-1]  # batch x heads x L queries
+    scores = rows * k.shape[-2]  # one per query and key: B x heads x L x S
+    # QK^T, then the weights times V; a causal mask still computes every score
+    macs = scores * q.shape[-1] + scores * v.shape[-1]
+    # per score: the scale, the mask (given or causal) and the softmax
+    per_score = 1 + (mask is not None or causal) + SOFTMAX_OPS
+    cost = Cost(
+        macs=macs,
+        other_ops=per_score * scores,
+        bytes_read=_read_bytes(t for t in (q, k, v, mask) if isinstance(t, torch.Tensor)),
+        bytes_written=out.numel() * out.element_size(),
+    )
+    return Count("attention", cost, tuple(q.shape))
+
+
 _Counter = Callable[[Any, Sequence[Any], dict[str, Any], torch.Tensor], Count]
 
 # fmt: off
@@ -302,6 +350,8 @@ COUNTERS: dict[str, _Counter] = {
     **dict.fromkeys(
         ("matmul", "mm", "bmm", "mv", "dot", "addmm", "addmv", "baddbmm"), _count_matmul
     ),
+    "scaled_dot_product_attention": _count_attention,
+    **dict.fromkeys(("softmax", "log_softmax"), _count_softmax),
     **dict.fromkeys(("batch_norm", "layer_norm", "group_norm", "instance_norm"), _count_norm),
     **dict.fromkeys(
         ("max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d"),
@@ -341,7 +391,18 @@ FREE = frozenset(
         "channel_shuffle", "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
         "feature_alpha_dropout", "empty", "zeros", "ones", "full", "empty_like", "zeros_like",
         "ones_like", "full_like", "new_empty", "new_zeros", "new_ones", "new_full", "tensor",
-        "as_tensor", "copy_", "fill_", "zero_", "requires_grad_",
+        "as_tensor", "copy_", "fill_", "zero_", "requires_grad_", "_assert", "roll", "flip",
+        "repeat", "tile", "repeat_interleave", "gather", "index_select", "movedim", "swapaxes",
+    )
+)
+
+# calls that read a tensor's metadata only (shape, dtype, strides), never its elements;
+# ``__get__`` (attribute access) reads data only where it gives a tensor (``.T``, ``.data``)
+METADATA = frozenset(
+    (
+        "__get__", "__set__", "__len__", "_set_grad_enabled", "size", "dim", "numel",
+        "stride", "is_contiguous", "is_floating_point", "element_size", "data_ptr",
+        "storage_offset", "requires_grad_", "_assert",
     )
 )
 # fmt: on

@@ -20,39 +20,63 @@ from typing import Any
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
+from torch.utils.weak import WeakIdKeyDictionary
 
 from onebyone import _checks
-from onebyone.profiling.counters import COUNTERS, FREE, Count, first_tensor, tensor_args
-from onebyone.profiling.peak import MachinePeak, machine_peak
+from onebyone.profiling.counters import (
+    COUNTERS,
+    FREE,
+    METADATA,
+    Count,
+    first_tensor,
+    tensor_args,
+)
+from onebyone.profiling.peak import MachinePeak, cached_peak, machine_peak
 from onebyone.profiling.report import Layer, Profile
 
 __all__ = ["profile"]
 
 
 class _Recorder(TorchFunctionMode):
-    """Counts each call as ``forward`` makes it; nested calls inside it are not seen."""
+    """Counts each call as ``forward`` makes it; nested calls inside it are not seen.
+
+    It also follows the model's parameters through calls that only move data
+    (``FREE``: views, indexing, ``expand``, ``cat``...): their outputs are
+    remembered as derived from those parameters, so the counted call that
+    consumes them (``x + cls_and_pos``, ``attn + bias_table[index]``) is
+    charged with them, and every parameter any call read is in ``read``.
+    """
 
     def __init__(self, root_type: str, names: dict[int, str], sizes: dict[str, int]) -> None:
         super().__init__()
         self.stack: list[tuple[str, str]] = [("", root_type)]
         self.calls: list[tuple[str, str, str, Count, tuple[int, ...], tuple[str, ...]]] = []
         self.uncounted: Counter[str] = Counter()
+        self.read: dict[str, None] = {}  # every parameter read, in first-read order
+        self.derived: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> parameter names
         self.names = names
         self.sizes = sizes
 
-    def _parameters(self, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[str, ...]:
-        found: list[str] = []
-        for t in tensor_args(args, kwargs):
+    def _name(self, parameter: nn.Parameter) -> str:
+        name = self.names.get(id(parameter))
+        if name is None:  # a parameter that is not the model's
+            name = self.names[id(parameter)] = f"(outside the model #{len(self.names)})"
+            self.sizes[name] = parameter.numel()
+        return name
+
+    def _parameters(self, tensors: list[torch.Tensor]) -> tuple[str, ...]:
+        found: dict[str, None] = {}
+        for t in tensors:
             base = t if isinstance(t, nn.Parameter) else t._base
-            if not isinstance(base, nn.Parameter):
-                continue
-            name = self.names.get(id(base))
-            if name is None:  # a parameter that is not the model's
-                name = self.names[id(base)] = f"(outside the model #{len(self.names)})"
-                self.sizes[name] = base.numel()
-            if name not in found:
-                found.append(name)
+            if isinstance(base, nn.Parameter):
+                found[self._name(base)] = None
+            found.update(dict.fromkeys(self.derived.get(t, ())))
         return tuple(found)
+
+    def _derive(self, out: object, params: tuple[str, ...]) -> None:
+        for t in out if isinstance(out, (list, tuple)) else (out,):
+            if isinstance(t, torch.Tensor) and not isinstance(t, nn.Parameter):
+                self.derived[t] = tuple(dict.fromkeys((*self.derived.get(t, ()), *params)))
 
     def __torch_function__(
         self,
@@ -64,15 +88,19 @@ class _Recorder(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = getattr(func, "__name__", "")
+        reads_data = name not in METADATA or (name == "__get__" and isinstance(out, torch.Tensor))
+        params = self._parameters(tensor_args(args, kwargs)) if reads_data else ()
+        self.read.update(dict.fromkeys(params))
         counter = COUNTERS.get(name)
         result = first_tensor(out)
         if counter is None or result is None:
             if counter is None and name not in FREE:
                 self.uncounted[name] += 1
+            elif params and name in FREE:
+                self._derive(out, params)
             return out
         counted = counter(func, args, kwargs, result)
         path, module_type = self.stack[-1]
-        params = self._parameters(args, kwargs)
         self.calls.append((path, module_type, name, counted, tuple(result.shape), params))
         return out
 
@@ -108,7 +136,7 @@ def profile(
     input_shape_or_example: Sequence[int] | torch.Tensor | Sequence[torch.Tensor],
     *,
     dtype: torch.dtype | None = None,
-    peak: MachinePeak | None = None,
+    peak: MachinePeak | str | None = None,
 ) -> Profile:
     """Run ``model`` once and count every layer it executes, exactly.
 
@@ -121,7 +149,16 @@ def profile(
     twice gives two rows. Counts follow ``onebyone.cost.CONVENTION``: MAC = one
     multiply-accumulate; FLOPs = 2 x MACs; bias adds and other elementwise
     ops apart; params count weights, biases and norm affine terms, not
-    running statistics (torchvision convention).
+    running statistics (torchvision convention). ``total.params`` is every
+    parameter the pass read, through a counted call or not (a ``cls_token``
+    through ``expand`` and ``cat``, a bias table through indexing);
+    ``unused_params`` the ones it never read.
+
+    Predicted times need the machine's peak, and ``profile`` never measures
+    one unless asked: by default it uses the peak set in the environment
+    or cached for this machine (``onebyone.profiling.cached_peak``) and,
+    without one, predicts no times (``Layer.time_s`` is ``None``;
+    ``Profile.peak_note`` says how to get them).
 
     The counts depend on shapes only, so a model on the meta device
     (``with torch.device("meta"): model = ...``) is profiled without
@@ -133,8 +170,10 @@ def profile(
             input is made), an example tensor, or a tuple of positional inputs.
         dtype: run and count in this floating dtype (default: the model's);
             a model of another dtype is copied and cast, never changed.
-        peak: the roof for the predicted times (default ``machine_peak()``
-            measured on the model's device; the CPU for a meta model).
+        peak: the roof for the predicted times: ``None`` for the peak set or
+            cached for the model's device (the CPU for a meta model), if any;
+            ``"measure"`` to measure it now (``machine_peak(refresh=True)``,
+            1-2 s, and cached); or a ``MachinePeak``, used as it is.
 
     Shape:
         any input the model accepts, e.g. ``(N, C, H, W)``.
@@ -150,16 +189,25 @@ def profile(
         raise _checks.invalid("model", "a torch.nn.Module", type(model).__name__, kind=TypeError)
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise _checks.invalid("dtype", "None or a floating torch.dtype", dtype, kind=TypeError)
-    if peak is not None and not isinstance(peak, MachinePeak):
-        raise _checks.invalid("peak", "None or a MachinePeak", type(peak).__name__, kind=TypeError)
+    if isinstance(peak, str):
+        _checks.choice("peak", peak, ("measure",))
+    elif peak is not None and not isinstance(peak, MachinePeak):
+        raise _checks.invalid(
+            "peak", "None, 'measure' or a MachinePeak", type(peak).__name__, kind=TypeError
+        )
     own_dtype, device = _model_dtype_device(model)
     run_dtype = dtype or own_dtype or torch.float32
     work = model
     if own_dtype is not None and run_dtype != own_dtype:
         work = copy.deepcopy(model).to(run_dtype)
     inputs = _examples(input_shape_or_example, run_dtype, device)
-    if peak is None:
-        peak = machine_peak("cpu" if device.type == "meta" else device)
+    roof_device = "cpu" if device.type == "meta" else device
+    if isinstance(peak, MachinePeak):
+        roof: MachinePeak | None = peak
+    elif peak == "measure":
+        roof = machine_peak(roof_device, refresh=True)
+    else:
+        roof = cached_peak(roof_device)
 
     names = {id(p): n for n, p in work.named_parameters()}
     sizes = {n: p.numel() for n, p in work.named_parameters()}
@@ -200,16 +248,17 @@ def profile(
                 output_shape=out_shape,
                 cost=cost,
                 parameters=params,
-                time_s=peak.seconds(cost),
-                bound=peak.bound(cost),
+                time_s=None if roof is None else roof.seconds(cost),
+                bound=None if roof is None else roof.bound(cost),
             )
         )
     return Profile(
         model=type(model).__name__,
         inputs=tuple(tuple(t.shape) for t in inputs),
         dtype=str(run_dtype).removeprefix("torch."),
-        peak=peak,
+        peak=roof,
         layers=tuple(layers),
         parameter_sizes=sizes,
+        parameters_read=tuple(recorder.read),
         uncounted=dict(recorder.uncounted),
     )

@@ -12,7 +12,7 @@ from typing import Any
 from onebyone import _checks
 from onebyone.cost import CONVENTION, Cost
 from onebyone.profiling.counters import CATEGORIES
-from onebyone.profiling.peak import MachinePeak
+from onebyone.profiling.peak import MachinePeak, describe_peak
 
 __all__ = ["BOUNDS", "CSV_COLUMNS", "Layer", "Profile"]
 
@@ -30,9 +30,10 @@ class Layer:
         category: one of ``onebyone.profiling.CATEGORIES``.
         input_shape, output_shape: the first input's and the output's shapes.
         cost: its ``Cost`` (``params``: the model parameters this call read).
-        parameters: the names of those parameters.
-        time_s: roofline-predicted time, seconds.
-        bound: ``"compute"`` or ``"memory"``.
+        parameters: the names of those parameters, read directly or through
+            calls that only move data (views, indexing, ``expand``, ``cat``...).
+        time_s: roofline-predicted time, seconds (``None`` without a peak).
+        bound: ``"compute"`` or ``"memory"`` (``None`` without a peak).
     """
 
     name: str
@@ -43,8 +44,8 @@ class Layer:
     output_shape: tuple[int, ...]
     cost: Cost
     parameters: tuple[str, ...]
-    time_s: float
-    bound: str
+    time_s: float | None
+    bound: str | None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -71,8 +72,8 @@ class Layer:
             output_shape=tuple(data["output_shape"]),
             cost=Cost.from_dict(data["cost"]),
             parameters=tuple(data["parameters"]),
-            time_s=float(data["time_s"]),
-            bound=_checks.choice("bound", data["bound"], BOUNDS),
+            time_s=None if data["time_s"] is None else float(data["time_s"]),
+            bound=None if data["bound"] is None else _checks.choice("bound", data["bound"], BOUNDS),
         )
 
 
@@ -100,9 +101,13 @@ class Profile:
         model: the model's class name.
         inputs: the shapes of the example inputs.
         dtype: the floating dtype it ran in.
-        peak: the ``MachinePeak`` behind ``Layer.time_s``.
+        peak: the ``MachinePeak`` behind ``Layer.time_s``; ``None`` when there
+            was none (no times predicted; ``peak_note`` says how to get them).
         layers: one ``Layer`` per counted call, in execution order.
         parameter_sizes: every model parameter, by name, with its element count.
+        parameters_read: the parameters the pass read at all, counted call or
+            not (``cls_token`` through ``expand`` and ``cat``, a bias table
+            through indexing), in the order first read.
         uncounted: calls seen that do arithmetic this profile does not count
             (name -> number of calls); empty when every call was counted.
 
@@ -119,23 +124,33 @@ class Profile:
     model: str
     inputs: tuple[tuple[int, ...], ...]
     dtype: str
-    peak: MachinePeak
+    peak: MachinePeak | None
     layers: tuple[Layer, ...]
     parameter_sizes: dict[str, int] = field(default_factory=dict)
+    parameters_read: tuple[str, ...] = ()
     uncounted: dict[str, int] = field(default_factory=dict)
 
     convention = CONVENTION
 
-    def _combine(self, layers: Iterable[Layer]) -> Cost:
+    def _read(self) -> set[str]:
+        return {*self.parameters_read, *(name for l in self.layers for name in l.parameters)}
+
+    def _combine(self, layers: Iterable[Layer], used: set[str] | None = None) -> Cost:
         layers = list(layers)
         total = sum((layer.cost for layer in layers), Cost())
-        used = {name for layer in layers for name in layer.parameters}
+        if used is None:
+            used = {name for layer in layers for name in layer.parameters}
         return replace(total, params=sum(self.parameter_sizes[name] for name in used))
 
     @property
     def total(self) -> Cost:
-        """Sum over the layers; a parameter read by several calls is counted once."""
-        return self._combine(self.layers)
+        """Sum over the layers; ``params``: every parameter the pass read, each once.
+
+        A parameter read only by calls that move data (``cls_token`` through
+        ``expand`` and ``cat`` into the output) is in ``total.params`` though
+        in no layer's.
+        """
+        return self._combine(self.layers, self._read())
 
     def by_category(self) -> dict[str, Cost]:
         """The total of each category in ``CATEGORIES`` (every key present)."""
@@ -143,14 +158,22 @@ class Profile:
 
     @property
     def unused_params(self) -> dict[str, int]:
-        """Parameters no counted call read (modules that never ran), by name; not in ``total``."""
-        used = {name for layer in self.layers for name in layer.parameters}
+        """Parameters the pass never read (modules that did not run), by name; not in ``total``."""
+        used = self._read()
         return {n: size for n, size in self.parameter_sizes.items() if n not in used}
 
     @property
-    def time_s(self) -> float:
-        """Roofline-predicted time of the whole pass: the layers' times added."""
-        return sum(layer.time_s for layer in self.layers)
+    def time_s(self) -> float | None:
+        """Roofline-predicted time of the pass: the layers' times added (``None``: no peak)."""
+        times = [layer.time_s for layer in self.layers]
+        if self.peak is None or None in times:
+            return None
+        return sum(t for t in times if t is not None)
+
+    @property
+    def peak_note(self) -> str:
+        """One line: the peak behind the times and where it came from, or how to get one."""
+        return describe_peak(self.peak)
 
     def to_dict(self) -> dict[str, Any]:
         """Everything, JSON-ready, with the convention and the derived totals."""
@@ -159,11 +182,12 @@ class Profile:
             "model": self.model,
             "inputs": [list(s) for s in self.inputs],
             "dtype": self.dtype,
-            "peak": self.peak.to_dict(),
+            "peak": None if self.peak is None else self.peak.to_dict(),
             "total": self.total.to_dict(),
             "time_s": self.time_s,
             "by_category": {c: cost.to_dict() for c, cost in self.by_category().items()},
             "unused_params": self.unused_params,
+            "parameters_read": list(self.parameters_read),
             "uncounted": dict(self.uncounted),
             "parameter_sizes": dict(self.parameter_sizes),
             "layers": [layer.to_dict() for layer in self.layers],
@@ -180,9 +204,10 @@ class Profile:
             model=data["model"],
             inputs=tuple(tuple(s) for s in data["inputs"]),
             dtype=data["dtype"],
-            peak=MachinePeak.from_dict(data["peak"]),
+            peak=None if data["peak"] is None else MachinePeak.from_dict(data["peak"]),
             layers=tuple(Layer.from_dict(layer) for layer in data["layers"]),
             parameter_sizes=dict(data["parameter_sizes"]),
+            parameters_read=tuple(data["parameters_read"]),
             uncounted=dict(data["uncounted"]),
         )
 
@@ -192,7 +217,10 @@ class Profile:
         return cls.from_dict(json.loads(text))
 
     def to_csv(self) -> str:
-        """One row per layer, columns ``CSV_COLUMNS``; shapes written as ``1x64x56x56``."""
+        """One row per layer, columns ``CSV_COLUMNS``; shapes written as ``1x64x56x56``.
+
+        ``time_s`` and ``bound`` are empty when the profile has no peak.
+        """
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)
@@ -202,6 +230,7 @@ class Profile:
                 layer.name, layer.type, layer.op, layer.category,
                 _shape_text(layer.input_shape), _shape_text(layer.output_shape),
                 c.params, c.macs, c.flops, c.bias_adds, c.other_ops, c.bytes_read,
-                c.bytes_written, repr(c.arithmetic_intensity), repr(layer.time_s), layer.bound,
+                c.bytes_written, repr(c.arithmetic_intensity),
+                "" if layer.time_s is None else repr(layer.time_s), layer.bound or "",
             ])  # fmt: skip
         return buffer.getvalue()
