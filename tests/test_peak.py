@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,7 +27,7 @@ SHAPE = (1, 3, 16, 16)
 
 
 @pytest.fixture
-def cache(monkeypatch: pytest.MonkeyPatch, tmp_path) -> object:
+def cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """An empty cache folder of this test's own; the file ``peak_cache_path()`` names."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     return tmp_path / "onebyone" / "peak.json"

@@ -74,6 +74,8 @@ class _Recorder(TorchFunctionMode):
         return tuple(found)
 
     def _derive(self, out: object, params: tuple[str, ...]) -> None:
+        if not params:
+            return
         for t in out if isinstance(out, (list, tuple)) else (out,):
             if isinstance(t, torch.Tensor) and not isinstance(t, nn.Parameter):
                 self.derived[t] = tuple(dict.fromkeys((*self.derived.get(t, ()), *params)))
@@ -94,10 +96,10 @@ class _Recorder(TorchFunctionMode):
         counter = COUNTERS.get(name)
         result = first_tensor(out)
         if counter is None or result is None:
-            if counter is None and name not in FREE:
-                self.uncounted[name] += 1
-            elif params and name in FREE:
+            if name in FREE:  # moves data: what it gives still carries the parameters
                 self._derive(out, params)
+            elif counter is None:
+                self.uncounted[name] += 1
             return out
         counted = counter(func, args, kwargs, result)
         path, module_type = self.stack[-1]
