@@ -1,19 +1,39 @@
 """Session set-up and shared fixtures: deterministic seeds for every test.
 
+The machine-peak cache goes to a folder of this session, never the user's
+home, and no peak is set through the environment unless a test sets one.
+
 Without CUDA the Triton kernels run through Triton's interpreter. Triton fixes
 that choice when it is first imported, and other tests (torch.compile's
 Inductor) import it too, so the variable is set here, before any test module.
 """
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+PEAK_VARIABLES = ("ONEBYONE_PEAK_GFLOPS", "ONEBYONE_PEAK_GBPS")
+
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _peak_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in ("XDG_CACHE_HOME", *PEAK_VARIABLES)}
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    for name in PEAK_VARIABLES:
+        os.environ.pop(name, None)
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(autouse=True)

@@ -16,6 +16,10 @@ from safetensors.torch import save_file
 import onebyone as obo
 from onebyone.cli import main
 from onebyone.commands._common import load_weights
+from onebyone.profiling import MachinePeak
+from onebyone.profiling import peak as peak_module
+
+from helpers import Tokens
 
 CONV = ["onebyone.nn:Conv1x1", "--option", "in_channels=3", "--option", "out_channels=8"]
 
@@ -85,6 +89,10 @@ def test_top_n_and_output_files(capsys, tmp_path):
          r"argument `--option`. Expected keyword arguments that onebyone.nn:Conv1x1 accepts "
          r"\(in_channels, out_channels, stride, groups, bias, activation, device, dtype\)"),
         (["squeezenet1_1", "--top", "0"], r"argument `--top`. Expected a positive int"),
+        ([*CONV, "--peak", "fast"],
+         r"argument `--peak`. Expected 'measure' or GFLOPS,GBPS \(two positive numbers, such as "
+         r"480,20\). Received --peak='fast'"),
+        ([*CONV, "--peak", "480,0"], r"argument `--peak`. .* Received --peak='480,0'"),
         (["squeezenet1_1", "--input", "1x4x64x64"],
          r"argument `--input`. Expected an input squeezenet1_1 accepts"),
     ],
@@ -93,6 +101,58 @@ def test_bad_arguments_are_one_line_errors(capsys, argv, message):
     assert main(["analyze", *argv]) == 2
     err = one_line_error(capsys)
     assert re.search(message, err), err
+
+
+def test_parameters_read_only_through_data_moves_are_in_the_total(capsys):
+    # cls_token through expand and cat, a bias table through indexing: read, so counted;
+    # `unread` is only looked at for its shape: the one parameter reported as never read
+    assert main(["analyze", "helpers:Tokens", "--input", "2x4x8", "--peak", "480,20"]) == 0
+    out = capsys.readouterr().out
+    model = Tokens()
+    read = sum(t.numel() for name, t in model.named_parameters() if name != "unread")
+    assert f"params {read:,} " in out
+    assert "parameters never read in this pass (not in the total): 8 in unread (8)" in out
+    assert "scaled_dot_product_attention" in out and "attention" in out
+    assert "calls seen but not counted" not in out
+
+
+def test_the_peak_used_is_named(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    measured = []
+
+    def fake(device: torch.device) -> MachinePeak:
+        measured.append(device)
+        return MachinePeak(250.0, 12.5, "fake engine", "cpu", origin="measured", date="2031-02-03")
+
+    monkeypatch.setattr(peak_module, "_measure", fake)
+    cache = tmp_path / "onebyone" / "peak.json"
+    runs = {
+        "measured": [],  # nothing cached yet: measured once, then cached
+        "cached": [],
+        "given": ["--peak", "480,20"],
+        "again": ["--peak", "measure"],
+    }
+    outs = {}
+    for label, extra in runs.items():
+        assert main(["analyze", *CONV, "--input", "1x3x8x8", *extra]) == 0
+        outs[label] = " ".join(capsys.readouterr().out.split())  # lines rejoined where rich wraps
+    assert len(measured) == 2  # the first run and --peak measure
+    assert (
+        f"roofline: 250.0 GFLOP/s, 12.5 GB/s (ridge 20.0 FLOP/B), measured now on this cpu "
+        f"with fake engine, cached in {cache} " in outs["measured"]
+    )
+    assert (
+        "roofline: 250.0 GFLOP/s, 12.5 GB/s (ridge 20.0 FLOP/B), measured on 2031-02-03 on "
+        f"this cpu with fake engine, cached in {cache} " in outs["cached"]
+    )
+    assert "roofline: 480.0 GFLOP/s, 20.0 GB/s (ridge 24.0 FLOP/B), given " in outs["given"]
+    assert "roofline: 250.0 GFLOP/s, 12.5 GB/s (ridge 20.0 FLOP/B), measured now" in outs["again"]
+
+    monkeypatch.setenv("ONEBYONE_PEAK_GFLOPS", "100")
+    monkeypatch.setenv("ONEBYONE_PEAK_GBPS", "10")
+    assert main(["analyze", *CONV, "--input", "1x3x8x8"]) == 0
+    assert "from ONEBYONE_PEAK_GFLOPS and ONEBYONE_PEAK_GBPS" in capsys.readouterr().out
+    assert len(measured) == 2
 
 
 class Payload:

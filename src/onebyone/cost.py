@@ -43,12 +43,16 @@ class Cost:
         params: parameter elements (weights, biases, norm affine terms; not
             running statistics).
         macs: multiply-accumulates of the weighted sums (convolutions, linear
-            layers, matrix products).
+            layers, matrix products; attention's ``QK^T`` and weights times
+            ``V``, every score computed, a causal mask's too, as PyTorch's
+            counter does).
         bias_adds: additions of a bias, one per output element that has one.
         other_ops: other elementwise arithmetic: one per element for each
             activation, add or multiply; 2 per element for a norm with stored
             statistics (scale and shift), 5 when it computes them; one per
-            input element read by a pooling window or a mean.
+            input element read by a pooling window or a mean; 5 per element
+            of a softmax (max, subtract, exp, sum, divide); per attention
+            score, 1 for the scale, 1 for a mask and 5 for the softmax.
         bytes_read: bytes of inputs and parameters read, each element once.
         bytes_written: bytes of outputs written.
 

@@ -30,9 +30,18 @@ from onebyone.commands._common import (
 )
 from onebyone.commands._output import Output, output_file
 from onebyone.cost import CONVENTION
-from onebyone.profiling import CATEGORIES, Profile, machine_peak, profile
+from onebyone.profiling import (
+    CATEGORIES,
+    MachinePeak,
+    Profile,
+    cached_peak,
+    machine_peak,
+    profile,
+)
 
-__all__ = ["register", "run"]
+__all__ = ["parse_peak", "register", "run"]
+
+_PEAK_FORM = "'measure' or GFLOPS,GBPS (two positive numbers, such as 480,20)"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,6 +59,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", metavar="FILE",
                    help="load a state dict: safetensors, or a torch checkpoint of tensors "
                    "(read with weights_only=True; nothing in the file is executed)")  # fmt: skip
+    p.add_argument("--peak", metavar="GFLOPS,GBPS|measure",
+                   help="the roofline's peak: two numbers such as 480,20, or 'measure' to "
+                   "measure this machine now and cache the result; default: "
+                   "ONEBYONE_PEAK_GFLOPS and ONEBYONE_PEAK_GBPS if set, else the peak cached "
+                   "for this machine, else measured once (1-2 s) and cached")  # fmt: skip
     p.add_argument("--top", metavar="N", help="show only the N layers with the most MACs")
     p.add_argument("--by-category", action="store_true",
                    help="show the per-category summary instead of the per-layer table")  # fmt: skip
@@ -61,6 +75,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true",
                    help="replace existing --json, --csv and --plot files")  # fmt: skip
     p.set_defaults(run=run)
+
+
+def parse_peak(text: str) -> MachinePeak | str:
+    """``"480,20"`` -> ``MachinePeak(480.0, 20.0)``; ``"measure"`` stays ``"measure"``."""
+    if text.strip() == "measure":
+        return "measure"
+    parts = text.split(",")
+    try:
+        gflops, gbps = (float(part) for part in parts)
+        return MachinePeak(gflops, gbps)
+    except (ValueError, TypeError):
+        raise _checks.invalid("--peak", _PEAK_FORM, text) from None
 
 
 # ---------------------------------------------------------------- weights
@@ -135,8 +161,8 @@ def _layer_table(prof: Profile, top: int | None) -> Table:
             f"{c.macs:,}",
             _si(c.bytes_moved),
             f"{c.arithmetic_intensity:.1f}",
-            f"{layer.time_s * 1e6:.1f}",
-            layer.bound,
+            "-" if layer.time_s is None else f"{layer.time_s * 1e6:.1f}",
+            layer.bound or "-",
         )
     return table
 
@@ -149,7 +175,7 @@ def _category_table(prof: Profile) -> Table:
                    "% time"):  # fmt: skip
         table.add_column(column, justify="left" if column == "category" else "right")
     counts = {c: sum(1 for layer in prof.layers if layer.category == c) for c in CATEGORIES}
-    times = {c: sum(l.time_s for l in prof.layers if l.category == c) for c in CATEGORIES}
+    times = {c: sum(l.time_s or 0.0 for l in prof.layers if l.category == c) for c in CATEGORIES}
     for category, cost in prof.by_category().items():
         table.add_row(
             category,
@@ -159,20 +185,16 @@ def _category_table(prof: Profile) -> Table:
             f"{cost.macs:,}",
             _share(cost.macs, total.macs),
             _si(cost.bytes_moved),
-            _share(times[category], time_total),
+            "-" if time_total is None else _share(times[category], time_total),
         )
     return table
 
 
 def _report(console: Console, prof: Profile, spec: str, args: argparse.Namespace) -> None:
-    peak = prof.peak
     inputs = ", ".join("x".join(map(str, s)) for s in prof.inputs)
     console.print(f"[bold]onebyone analyze {spec}[/]: {prof.model}, input {inputs}, {prof.dtype}")
     console.print(f"convention: {CONVENTION}")
-    console.print(
-        f"roofline: {peak.gflops:.1f} GFLOP/s ({peak.engine}), {peak.gbps:.1f} GB/s, "
-        f"measured on this {peak.device}; ridge {peak.ridge:.1f} FLOP/B"
-    )
+    console.print(f"roofline: {prof.peak_note}")
     if not args.by_category:
         console.print(_layer_table(prof, None if args.top is None else _top(args.top)))
     console.print(_category_table(prof))
@@ -180,8 +202,8 @@ def _report(console: Console, prof: Profile, spec: str, args: argparse.Namespace
     console.print(
         f"[bold]total[/]: params {t.params:,} ({_si(t.params)}), MACs {t.macs:,} "
         f"({_si(t.macs)}), FLOPs {t.flops:,}, bias adds {t.bias_adds:,}, "
-        f"other ops {t.other_ops:,}, bytes {t.bytes_moved:,}, "
-        f"predicted {_seconds(prof.time_s)}"
+        f"other ops {t.other_ops:,}, bytes {t.bytes_moved:,}"
+        + ("" if prof.time_s is None else f", predicted {_seconds(prof.time_s)}")
     )
     unused = prof.unused_params
     if unused:
@@ -223,8 +245,8 @@ def _plot(prof: Profile, path: Path) -> None:
     shares.legend()
 
     peak = prof.peak
-    layers = [layer for layer in prof.layers if layer.cost.flops > 0]
-    if layers:
+    layers = [layer for layer in prof.layers if layer.cost.flops > 0 and layer.time_s]
+    if layers and peak is not None and prof.time_s:
         lo = min(layer.cost.arithmetic_intensity for layer in layers) / 2
         hi = max(max(layer.cost.arithmetic_intensity for layer in layers) * 2, peak.ridge * 4)
         xs = [lo, peak.ridge, hi]
@@ -235,8 +257,8 @@ def _plot(prof: Profile, path: Path) -> None:
             if mine:
                 roof.scatter(
                     [layer.cost.arithmetic_intensity for layer in mine],
-                    [layer.cost.flops / layer.time_s / 1e9 for layer in mine],
-                    s=[12 + 300 * layer.time_s / prof.time_s for layer in mine],
+                    [layer.cost.flops / (layer.time_s or 1.0) / 1e9 for layer in mine],
+                    s=[12 + 300 * (layer.time_s or 0.0) / prof.time_s for layer in mine],
                     alpha=0.7,
                     label=category,
                 )
@@ -280,13 +302,17 @@ def run(args: argparse.Namespace) -> int:
     if args.top is not None:
         _top(args.top)
     outputs = _outputs(args)
+    peak = None if args.peak is None else parse_peak(args.peak)
     status = Console(stderr=True)
     with status.status(f"building {args.model}"):
         model = resolve_model(args.model, options)
         if args.weights is not None:
             _load_into(model, load_weights(args.weights), args.weights, args.model)
-    with status.status("measuring this machine's peak GFLOP/s and GB/s"):
-        peak = machine_peak()
+    if peak is None:
+        peak = cached_peak()
+    if peak is None or peak == "measure":
+        with status.status("measuring this machine's peak GFLOP/s and GB/s (cached afterwards)"):
+            peak = machine_peak(refresh=True)
     with status.status(f"profiling {args.model} on {args.input}"):
         try:
             prof = profile(model, shape, peak=peak)
