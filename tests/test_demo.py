@@ -32,6 +32,18 @@ def quick_run(tmp_path_factory):
     return status, out, printed.getvalue()
 
 
+def test_quick_demo_spells_out_the_seeds_worked_example(quick_run):
+    status, _, printed = quick_run
+    assert status == 0
+    lines = [line.strip() for line in printed.splitlines()]
+    # the computed T[5,2] spelled out next to the seed's printed value, and its table row
+    assert "T[5,2] = 4*0.1 + 7*0.2 + 7*0.4 = 4.60   (seed prints 0.6)" in lines
+    row = next(line for line in lines if line.startswith("│5 "))
+    assert [cell.strip() for cell in row.strip("│").split("│")] == [
+        "5", "1.5", "0.8", "4.6", "1.4", "0.8", "2.1"
+    ]  # fmt: skip
+
+
 def test_quick_demo_writes_figures_and_summary(quick_run):
     status, out, printed = quick_run
     assert status == 0

@@ -17,7 +17,9 @@ from onebyone.deploy.engines import onnxruntime as ort_engine
 from onebyone.deploy.engines import torch as torch_engine
 from onebyone.deploy.passes import count_norms_after_layers
 from onebyone.nn import Conv1x1
-from transform_models import ResidualBlock, assert_unchanged, randomize_norms, snapshot
+from transform_models import ResidualBlock, assert_unchanged, snapshot
+
+from helpers import randomize_norms
 
 HAVE = {
     "onnxruntime": ort_engine.available() is None,

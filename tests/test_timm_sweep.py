@@ -17,7 +17,9 @@ import torch
 import onebyone as obo
 from onebyone.deploy import optimize
 from onebyone.deploy.passes import count_norms_after_layers
-from transform_models import assert_unchanged, randomize_norms, snapshot
+from transform_models import assert_unchanged, snapshot
+
+from helpers import randomize_norms
 
 pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm is not installed"),

@@ -8,7 +8,9 @@ from torch import nn
 
 import onebyone as obo
 from onebyone.transforms import cast
-from transform_models import ResidualBlock, assert_unchanged, randomize_norms, snapshot
+from transform_models import ResidualBlock, assert_unchanged, snapshot
+
+from helpers import randomize_norms
 
 
 def test_channels_last_keeps_the_function_and_the_callers_layout() -> None:

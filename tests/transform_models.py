@@ -10,13 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import onebyone as obo
 from onebyone.nn import Conv1x1
 
 from helpers import NORM_TYPES, randomize_norms
 
-__all__ = ["randomize_norms"]  # re-exported for the transform tests
-
 BN_TYPES = NORM_TYPES
+
+# every built-in model but the deeper ResNets, which repeat ResNet-50's blocks
+SMALLER_MODELS = [m for m in obo.list_models() if m not in ("resnet101", "resnet152")]
 
 
 def snapshot(model: nn.Module) -> tuple[str, dict[str, torch.Tensor]]:
