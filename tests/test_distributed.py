@@ -159,6 +159,7 @@ def _worker(rank: int, port: int, out: str, modes: tuple[str, ...]) -> None:
     )
     try:
         for mode in modes:
+            # compiled: one probe shape, so one more compilation (of the eval graph)
             names = ("nchw",) if mode == "ddp_compiled" else tuple(probes())
             model = tiny_net()
             wrapped = wrap(model, mode)
@@ -383,10 +384,14 @@ def test_a_failure_while_training_stops_every_process():
     assert len(seen) >= 1 + WORLD
 
 
+DEMO_EPOCHS = 10
+"""Enough for the demo's 97% target on the held-out digits (its default is 20)."""
+
+
 @pytest.fixture(scope="module")
 def distributed_demo(tmp_path_factory):
-    """A quick tour trained on 2 processes, without the sections that train nothing
-    (``test_demo`` runs them): (status, folder, printed text, launches and results)."""
+    """The tour's two trainings on 2 processes each, without the sections that train
+    nothing (``test_demo`` runs those): (status, folder, printed text, launches)."""
     import onebyone.commands.demo as demo
 
     out = tmp_path_factory.mktemp("demo-distributed")
@@ -402,20 +407,21 @@ def distributed_demo(tmp_path_factory):
         patch.setattr(demo, section, lambda *args: {})
     printed = io.StringIO()
     try:
-        with contextlib.redirect_stdout(printed):
-            argv = ["demo", "--distributed", "--quick", "--epochs", "2", "--no-figures"]
+        with no_processes_left(), contextlib.redirect_stdout(printed):
+            argv = ["demo", "--distributed", "--epochs", str(DEMO_EPOCHS), "--no-figures"]
             status = cli_main([*argv, "--out", str(out)])
     finally:
         patch.undo()
     return status, out, printed.getvalue(), launches
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(3 * JOB_SECONDS)
 def test_distributed_demo_trains_on_two_processes(distributed_demo):
     status, out, printed, launches = distributed_demo
     assert status == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["processes"] == WORLD and len(summary["history"]) == 2
+    assert summary["processes"] == WORLD and len(summary["history"]) == DEMO_EPOCHS
     assert [(kw["nproc_per_node"], kw["reduced"]) for kw, _ in launches] == [(2, 16), (2, None)]
     result = launches[0][1]
     assert summary["test_accuracy"] == result.test_accuracy
@@ -425,25 +431,18 @@ def test_distributed_demo_trains_on_two_processes(distributed_demo):
     assert "torchrun" in printed and "2 processes" in printed and "Tour finished" in printed
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(3 * JOB_SECONDS)
-def test_distributed_demo_follows_the_single_process_training(distributed_demo):
-    """Same seed, global batches and schedule: the training losses agree with one
-    process's to a few percent (batch norm sees half batches on 2 CPU processes, so
-    not to rounding)."""
+def test_distributed_demo_reaches_the_single_process_accuracy(distributed_demo):
+    """Same seed, global batches and schedule as one process: the first epochs' training
+    losses agree to 10% (on 2 CPU processes batch norm sees half batches, so not to
+    rounding), and both networks end at the demo's 97% target or above on the held-out
+    digits, within a point and a half of one process."""
+    from onebyone.commands.demo import TARGET_ACCURACY
+
     for kw, together in distributed_demo[3]:
         alone = train_digits(epochs=kw["epochs"], seed=kw["seed"], reduced=kw["reduced"])
-        losses = [e.train_loss for e in together.history]
-        assert losses == pytest.approx([e.train_loss for e in alone.history], rel=0.05)
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(2 * JOB_SECONDS)
-def test_two_processes_reach_the_single_process_accuracy():
-    """The demo's full training (20 epochs) on 2 processes meets its 97% target on the
-    held-out digits, as one process does, within a point and a half of it."""
-    from onebyone.commands.demo import EPOCHS, TARGET_ACCURACY
-
-    together = launch(epochs=EPOCHS, timeout=JOB_SECONDS)
-    alone = train_digits(epochs=EPOCHS)
-    assert min(together.test_accuracy, alone.test_accuracy) >= TARGET_ACCURACY
-    assert abs(together.test_accuracy - alone.test_accuracy) <= 0.015
+        first = [e.train_loss for e in together.history[:3]]
+        assert first == pytest.approx([e.train_loss for e in alone.history[:3]], rel=0.1)
+        assert min(together.test_accuracy, alone.test_accuracy) >= TARGET_ACCURACY
+        assert abs(together.test_accuracy - alone.test_accuracy) <= 0.015
