@@ -18,8 +18,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -34,6 +37,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+import onebyone
 from onebyone.cli import main as cli_main
 from onebyone.explain.digits import evaluate, train_digits
 from onebyone.nn import Bottleneck, Conv1x1, MlpConv
@@ -382,6 +386,44 @@ def test_a_failure_while_training_stops_every_process():
     with no_processes_left() as seen, pytest.raises(Stop):
         launch(epochs=3, train_limit=128, timeout=JOB_SECONDS, on_epoch=stop_after_first_epoch)
     assert len(seen) >= 1 + WORLD
+
+
+@pytest.mark.timeout(90)
+def test_a_worker_whose_launcher_dies_exits(no_launcher):
+    """A launcher killed outright (SIGKILL, no chance to stop its workers) leaves none."""
+    port = free_port()
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}
+    env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    env["PYTHONPATH"] = str(Path(onebyone.__file__).resolve().parents[1])
+    worker_command = [sys.executable, "-m", "onebyone.train", "--timeout", "60"]
+    worker: psutil.Process | None = None
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", f"import subprocess; subprocess.run({worker_command!r})"],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # until the worker waits for its peer
+            children = psutil.Process(launcher.pid).children()
+            worker = children[0] if children else None
+            if worker is not None and any(
+                c.laddr.port == port and c.status == psutil.CONN_LISTEN
+                for c in worker.net_connections(kind="tcp")
+            ):
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the worker never started waiting for its peer")
+        launcher.kill()
+        launcher.wait(timeout=10)
+        _, alive = psutil.wait_procs([worker], timeout=10)
+        assert alive == [], "the worker outlived its launcher"  # it exits on its own
+    finally:
+        launcher.kill()
+        launcher.wait(timeout=10)
+        if worker is not None and worker.is_running():
+            worker.kill()
 
 
 DEMO_EPOCHS = 10
