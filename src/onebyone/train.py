@@ -185,7 +185,8 @@ def process_group(env: ProcessEnv, *, timeout: float = 300.0) -> Iterator[None]:
 
 
 def _exit_with_parent() -> None:
-    """End this process if the one that started it dies (no orphaned workers)."""
+    """End this process when its parent (the launcher that started it, as of this call)
+    dies: a launcher killed outright leaves no workers behind."""
     parent = os.getppid()
 
     def watch() -> None:
@@ -216,6 +217,11 @@ def _save(result: TrainingResult, out: Path) -> None:
     _write_atomically(out / HISTORY_FILE, lambda p: p.write_text(text))
 
 
+def _reduction(text: str) -> int | None:
+    """``--reduced``: a width, or ``none``."""
+    return None if text == "none" else int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m onebyone.train",
@@ -229,7 +235,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=32, help="maps in the first mlpconv layer")
     p.add_argument(
         "--reduced",
-        type=lambda s: None if s == "none" else int(s),
+        type=_reduction,
         default=16,
         help="maps after the 1x1 reduction, or 'none' for no reduction (default 16)",
     )
