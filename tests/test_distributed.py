@@ -314,6 +314,19 @@ def test_train_with_one_process_is_refused(no_launcher, monkeypatch, capsys):
     assert "Received WORLD_SIZE=1." in err and err.count("\n") == 1
 
 
+def test_train_refuses_an_existing_out_folder_before_training(
+    no_launcher, monkeypatch, capsys, tmp_path
+):
+    env = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
+    for name, value in {**env, "MASTER_PORT": str(free_port())}.items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "keep.txt").write_text("mine")
+    assert train_main(["--out", str(tmp_path)]) == 2  # at once: no peer is waited for
+    err = capsys.readouterr().err
+    assert "Invalid value for argument `--out`. Expected a folder that does not exist" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
 @pytest.mark.timeout(60)
 def test_a_process_whose_peer_never_comes_stops_at_its_timeout(no_launcher, monkeypatch, capsys):
     env = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
@@ -436,7 +449,7 @@ def distributed_demo(tmp_path_factory):
     nothing (``test_demo`` runs those): (status, folder, printed text, launches)."""
     import onebyone.commands.demo as demo
 
-    out = tmp_path_factory.mktemp("demo-distributed")
+    out = tmp_path_factory.mktemp("demo-distributed") / "tour"  # a new folder
     launches = []
 
     def recorded_launch(**kw):

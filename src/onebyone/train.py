@@ -10,7 +10,8 @@ Each process reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
 scikit-learn's digits with ``train_digits(data_parallel=True)``: the same seed and
 global batches as one process, each process on its share of every batch. Rank 0
 prints one line per epoch and writes the trained weights (``model.safetensors``)
-and the history (``history.json``) to ``--out``.
+and the history (``history.json``) to ``--out``, a new folder (or ``--force``),
+checked before training and written at once when it has finished.
 
 ``launch`` starts such a job on this machine from Python (``onebyone demo
 --distributed`` does), with a time limit, and stops every process it started
@@ -43,6 +44,8 @@ import torch.distributed as dist
 
 import onebyone
 from onebyone import _checks
+from onebyone.cli import EXIT_FAILURE, EXIT_USAGE, error_line
+from onebyone.commands._output import output_folder
 from onebyone.explain.digits import (
     DigitsNiN,
     EpochStats,
@@ -197,24 +200,14 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="onebyone-parent-watch", daemon=True).start()
 
 
-def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        write(partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
-def _save(result: TrainingResult, out: Path) -> None:
+def _save(result: TrainingResult, folder: Path) -> None:
+    """The trained weights and the per-epoch history, into ``folder``."""
     from safetensors.torch import save_file
 
-    out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
-    _write_atomically(out / MODEL_FILE, lambda p: save_file(state, str(p)))
+    save_file(state, str(folder / MODEL_FILE))
     history = [dataclasses.asdict(e) for e in result.history]
-    text = json.dumps(history) + "\n"
-    _write_atomically(out / HISTORY_FILE, lambda p: p.write_text(text))
+    (folder / HISTORY_FILE).write_text(json.dumps(history) + "\n")
 
 
 def _reduction(text: str) -> int | None:
@@ -241,7 +234,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--train-limit", type=int, default=None, help="train on this many images")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for peers")
-    p.add_argument("--out", type=Path, default=None, help="folder for rank 0's weights")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="new folder for rank 0's model.safetensors and history.json",
+    )
+    p.add_argument("--force", action="store_true", help="write into an existing --out folder")
     p.add_argument("--json", action="store_true", help="one JSON line per epoch (for launch)")
     return p
 
@@ -252,8 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rank = os.environ.get("RANK", "?")
     try:
         env = process_env()
-        if args.out is not None and args.out.exists() and not args.out.is_dir():
-            raise _checks.invalid("out", "a folder (it is created if missing)", str(args.out))
+        target = None  # rank 0 writes; the other ranks may not even share its disk
+        if env.rank == 0 and args.out is not None:
+            target = output_folder("--out", args.out, force=args.force)  # before training
 
         def report(stats: EpochStats) -> None:
             if args.json:
@@ -279,14 +278,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 device=env.device,
                 on_epoch=report if env.rank == 0 else None,
             )
-            if env.rank == 0 and args.out is not None:
-                _save(result, args.out)
+            if target is not None:
+                with target.staging() as folder:  # all of it, or nothing
+                    _save(result, folder)
             dist.barrier()  # nobody leaves before the weights are written
-    except (ValueError, TypeError, OSError, RuntimeError) as exc:
-        text = str(exc).strip()
-        message = text.splitlines()[0] if text else type(exc).__name__
+    except Exception as exc:  # KeyboardInterrupt and SystemExit are not Exceptions
+        message = error_line(exc)
         print(f"onebyone.train (rank {rank}): error: {message}", file=sys.stderr, flush=True)
-        return 2 if isinstance(exc, (ValueError, TypeError)) else 1
+        return EXIT_USAGE if isinstance(exc, (ValueError, TypeError, KeyError)) else EXIT_FAILURE
     return 0
 
 
@@ -401,16 +400,17 @@ def launch(
     env["PYTHONPATH"] = os.pathsep.join(p for p in (source, env.get("PYTHONPATH")) if p)
     env.setdefault("OMP_NUM_THREADS", "1")
     with tempfile.TemporaryDirectory(prefix="onebyone-train-") as folder:
+        run = Path(folder) / "run"  # a new folder, as --out wants
         command = [
             sys.executable, "-m", "torch.distributed.run", "--standalone",
             f"--nproc-per-node={nproc_per_node}", "--max-restarts=0",
-            "-m", "onebyone.train", *options, f"--out={folder}",
+            "-m", "onebyone.train", *options, f"--out={run}",
         ]  # fmt: skip
         history = _run(command, env, timeout, nproc_per_node, on_epoch)
         from safetensors.torch import load_file
 
-        state = load_file(str(Path(folder) / MODEL_FILE))
-        stored = json.loads((Path(folder) / HISTORY_FILE).read_text())
+        state = load_file(str(run / MODEL_FILE))
+        stored = json.loads((run / HISTORY_FILE).read_text())
     model = DigitsNiN(width=width, reduced=reduced)
     model.load_state_dict(state)
     model.eval()
