@@ -7,8 +7,10 @@ it, with the verified error and the speed-up; figures and ``summary.json``
 saved to ``--out``, a new folder (or ``--force`` to write into an existing
 one), checked before the tour starts and written once it has finished
 (``commands._output``'s rule). Training is deterministic under ``--seed``;
-``--quick`` runs in a few seconds. The tour needs the ``explain`` extra
-(scikit-learn's digits, matplotlib's figures).
+``--quick`` runs in a few seconds; ``--distributed`` trains the networks
+data-parallel on ``--nproc-per-node`` local processes through torchrun
+(``onebyone.train.launch``), with the same seed and global batches. The tour
+needs the ``explain`` extra (scikit-learn's digits, matplotlib's figures).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from onebyone.explain.digits import (
     load_digits_split,
     train_digits,
 )
+from onebyone.train import launch, process_count
 
 EPOCHS = 20
 """Training epochs of the full tour."""
@@ -72,6 +75,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write into an existing --out folder (files of the same names are replaced)",
     )
     p.add_argument("--no-figures", action="store_true", help="do not draw or save figures")
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="train data-parallel on --nproc-per-node local processes (torchrun, gloo on "
+        "the CPU): same seed and global batch as one process",
+    )
+    p.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=2,
+        help="processes for --distributed (default 2, at least 2)",
+    )
     p.add_argument(
         "--quick",
         action="store_true",
@@ -164,8 +179,10 @@ def _train(
     data: DigitsData,
     reduced: int | None,
     label: str,
+    processes: int | None = None,
 ) -> TrainingResult:
-    """Train with one progress bar per epoch showing the loss and the accuracies."""
+    """Train with one progress bar per epoch showing the loss and the accuracies
+    (one bar over the epochs when ``processes`` train it data-parallel)."""
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(bar_width=24),
@@ -177,6 +194,32 @@ def _train(
         TimeElapsedColumn(),
         console=console,
     )
+    if processes is not None:
+        job = progress.add_task(
+            f"{label} on {processes} processes, epochs",
+            total=epochs,
+            loss=float("nan"),
+            train=0.0,
+            test="   ...",
+        )
+
+        def epoch_done(stats: EpochStats) -> None:
+            progress.update(
+                job,
+                completed=stats.epoch,
+                loss=stats.train_loss,
+                train=stats.train_accuracy,
+                test=f"{stats.test_accuracy:6.1%}",
+            )
+
+        with progress:
+            return launch(
+                nproc_per_node=processes,
+                epochs=epochs,
+                seed=seed,
+                reduced=reduced,
+                on_epoch=epoch_done,
+            )
     tasks: dict[int, Any] = {}
 
     def on_batch(epoch: int, batch: int, batches: int, loss: float, acc: float) -> None:
@@ -209,6 +252,11 @@ def _train(
         )
 
 
+def _processes(args: argparse.Namespace) -> int | None:
+    """Processes of a ``--distributed`` training, ``None`` for one process."""
+    return process_count(args.nproc_per_node) if args.distributed else None
+
+
 def _training(console: Console, args: argparse.Namespace, epochs: int) -> TrainingResult:
     console.rule("[bold]3. A Network-in-Network trained on real handwritten digits")
     data = load_digits_split(seed=args.seed)
@@ -219,7 +267,24 @@ def _training(console: Console, args: argparse.Namespace, epochs: int) -> Traini
         "conv, then 1x1 convs), a 1x1 reduction between them, no fully connected layer: the "
         "last 1x1 conv gives one map per digit, averaged into its score."
     )
-    result = _train(console, epochs=epochs, seed=args.seed, data=data, reduced=16, label="NiN")
+    processes = _processes(args)
+    if processes is not None:
+        console.print(
+            f"  Data-parallel on {processes} processes: torchrun (torch.distributed.run) starts "
+            f"`python -m onebyone.train` {processes} times ("
+            f"{'NCCL' if torch.cuda.is_available() else 'gloo'}); each takes 1/{processes} of "
+            "every global batch of 64 and DistributedDataParallel averages the gradients. Same "
+            "seed, batches and schedule as one process; batch norm sees each process's share."
+        )
+    result = _train(
+        console,
+        epochs=epochs,
+        seed=args.seed,
+        data=data,
+        reduced=16,
+        label="NiN",
+        processes=processes,
+    )
     acc = result.test_accuracy
     n_test = len(data.x_test)
     verdict = "meets" if acc >= TARGET_ACCURACY else "is below"
@@ -286,7 +351,13 @@ def _profile(
         "the second 3x3 conv), trained the same way:"
     )
     variant = _train(
-        console, epochs=epochs, seed=args.seed, data=result.data, reduced=None, label="no reduction"
+        console,
+        epochs=epochs,
+        seed=args.seed,
+        data=result.data,
+        reduced=None,
+        label="no reduction",
+        processes=_processes(args),
     )
     other = obo.profile(variant.model, shape)
     compare = Table("", "with the 1x1 reduction", "without", "the reduction buys")
@@ -462,6 +533,7 @@ def _summary(
         "quick": bool(args.quick),
         "train_images": len(result.data.x_train),
         "test_images": len(result.data.x_test),
+        "processes": _processes(args) or 1,
         "test_accuracy": result.test_accuracy,
         "training_seconds": result.seconds,
         "history": [vars(e) for e in result.history],
@@ -496,6 +568,7 @@ def run(args: argparse.Namespace) -> int:
         "epochs",
         args.epochs if args.epochs is not None else (QUICK_EPOCHS if args.quick else EPOCHS),
     )
+    _processes(args)  # a bad --nproc-per-node stops the tour before it starts
     target = output_folder("--out", args.out, force=args.force)  # checked before the tour
     _optional.require("sklearn.datasets", "onebyone demo (its digits data set)")
     if not args.no_figures:

@@ -13,6 +13,8 @@ turns each map into that class's score.
 
 from __future__ import annotations
 
+import math
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -144,7 +147,12 @@ class DigitsNiN(nn.Module):
 
 @dataclass(frozen=True)
 class EpochStats:
-    """One epoch: mean training loss/accuracy over its batches, then test loss/accuracy."""
+    """One epoch: mean training loss/accuracy over its batches, then test loss/accuracy.
+
+    ``seconds`` is the whole epoch with its evaluation; ``step_seconds`` the median
+    wall time of one training step (forward, backward, gradient all-reduce when data
+    parallel, optimizer step).
+    """
 
     epoch: int
     train_loss: float
@@ -152,6 +160,7 @@ class EpochStats:
     test_loss: float
     test_accuracy: float
     seconds: float
+    step_seconds: float = math.nan
 
 
 @dataclass
@@ -215,6 +224,28 @@ BatchCallback = Callable[[int, int, int, float, float], None]
 """``on_batch(epoch, batch, batches, running_loss, running_accuracy)``."""
 
 
+def _process_share(data_parallel: object) -> tuple[int, int]:
+    """``(rank, world size)`` of this process in data-parallel training; ``(0, 1)`` alone."""
+    if not isinstance(data_parallel, bool):
+        raise _checks.invalid("data_parallel", "True or False", data_parallel, kind=TypeError)
+    if not data_parallel:
+        return 0, 1
+    if not (dist.is_available() and dist.is_initialized()):
+        raise _checks.invalid(
+            "data_parallel",
+            "True only inside an initialised torch.distributed process group (start the "
+            "processes with torchrun: `torchrun --nproc-per-node 2 -m onebyone.train`)",
+            data_parallel,
+        )
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _broadcast_buffers(model: nn.Module) -> None:
+    """Give every process rank 0's buffers (the batch-norm running statistics)."""
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+
+
 def train_digits(
     *,
     epochs: int = 20,
@@ -227,6 +258,8 @@ def train_digits(
     train_limit: int | None = None,
     threads: int = 1,
     augment: bool = True,
+    data_parallel: bool = False,
+    device: torch.device | str | None = None,
     on_batch: BatchCallback | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> TrainingResult:
@@ -235,14 +268,26 @@ def train_digits(
     Deterministic for a given ``seed`` and ``threads``: the weights, the split and
     the batch order are all seeded, and the global random state is left as it was.
 
+    With ``data_parallel=True`` (inside a ``torch.distributed`` process group, as
+    ``python -m onebyone.train`` under torchrun sets up) every process draws the
+    same global batches and shifts, trains on its equal share of each under
+    ``DistributedDataParallel`` (the gradient is averaged over the processes, the
+    gradient of the mean loss over the global batch), and ends with the same
+    parameters. Batch norm normalises each process's share: on CUDA the layers
+    become ``SyncBatchNorm`` (statistics of the global batch); on the CPU, where
+    ``SyncBatchNorm`` does not run, each process uses its own share's statistics
+    and the running statistics are rank 0's. The reported losses and accuracies are
+    those of the global batch on every process.
+
     Args:
         epochs: passes over the training set.
         seed: seeds the initial weights, the split (when ``data`` is ``None``) and
             the shuffling.
         reduced: width of the 1x1 reduction (``None``: no reduction layer).
         width: width of the first mlpconv layer.
-        batch_size: images per step; the last incomplete batch of an epoch is dropped
-            (the order changes every epoch, so every image is used).
+        batch_size: images per step (the global batch when data parallel, split
+            equally between the processes); the last incomplete batch of an epoch is
+            dropped (the order changes every epoch, so every image is used).
         lr: peak learning rate.
         data: a split from ``load_digits_split``; loaded with ``seed`` when ``None``.
         train_limit: train on only the first this many training images (for quick runs).
@@ -250,7 +295,11 @@ def train_digits(
             network is small enough that one thread is usually fastest.
         augment: shift each training image by up to one pixel in each direction
             (a fresh random shift every time it is drawn).
-        on_batch: called after every step, for progress display.
+        data_parallel: train as one of the processes of the current
+            ``torch.distributed`` process group.
+        device: where to train (default the CPU); the returned model stays there.
+        on_batch: called after every step, for progress display (this process's
+            running numbers).
         on_epoch: called after every epoch with its ``EpochStats``.
 
     Shape:
@@ -268,6 +317,12 @@ def train_digits(
         raise _checks.invalid("seed", "an int", seed, kind=TypeError)
     if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
         raise _checks.invalid("lr", "a positive number", lr)
+    rank, world = _process_share(data_parallel)
+    if bs % world:
+        raise _checks.invalid(
+            "batch_size", f"a multiple of the {world} processes (each takes an equal share)", bs
+        )
+    dev = torch.device("cpu") if device is None else torch.device(device)
     data = load_digits_split(seed=seed) if data is None else data
     x_train, y_train = data.x_train, data.y_train
     if train_limit is not None:
@@ -276,9 +331,18 @@ def train_digits(
     if bs > len(x_train):
         raise _checks.invalid("batch_size", f"at most the {len(x_train)} training images", bs)
     batches = len(x_train) // bs
+    share = bs // world
+    mine = slice(rank * share, (rank + 1) * share)  # this process's part of every batch
+    x_test, y_test = data.x_test.to(dev), data.y_test.to(dev)
     with torch.random.fork_rng(devices=[]), torch_threads(n_threads):
         torch.manual_seed(seed)
         model = DigitsNiN(width=width, reduced=reduced)
+        net: nn.Module = model.to(dev)
+        if data_parallel:
+            if dev.type == "cuda":  # swaps the BatchNorm2d children in place
+                nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            ids = None if dev.type == "cpu" else [dev]
+            net = nn.parallel.DistributedDataParallel(model, device_ids=ids)  # rank 0's weights
         shuffle = torch.Generator().manual_seed(seed)
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -287,23 +351,34 @@ def train_digits(
         result = TrainingResult(model=model, data=data, seed=seed)
         for epoch in range(1, n_epochs + 1):
             start = time.perf_counter()
-            model.train()
+            net.train()
             order = torch.randperm(len(x_train), generator=shuffle)
             loss_sum, correct, seen = 0.0, 0, 0
+            steps: list[float] = []
             for b in range(batches):
+                step_start = time.perf_counter()
                 idx = order[b * bs : (b + 1) * bs]
-                logits = model(_shift(x_train[idx], shuffle) if augment else x_train[idx])
-                loss = F.cross_entropy(logits, y_train[idx])
+                # every process draws the whole global batch's shifts: the same random stream
+                images = _shift(x_train[idx], shuffle) if augment else x_train[idx]
+                x, y = images[mine].to(dev), y_train[idx][mine].to(dev)
+                logits = net(x)
+                loss = F.cross_entropy(logits, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 schedule.step()
-                loss_sum += loss.item() * len(idx)
-                correct += int((logits.argmax(dim=1) == y_train[idx]).sum())
-                seen += len(idx)
+                loss_sum += loss.item() * len(y)
+                correct += int((logits.argmax(dim=1) == y).sum())
+                seen += len(y)
+                steps.append(time.perf_counter() - step_start)
                 if on_batch is not None:
                     on_batch(epoch, b + 1, batches, loss_sum / seen, correct / seen)
-            test_loss, test_acc = evaluate(model, data.x_test, data.y_test)
+            if data_parallel:
+                totals = torch.tensor([loss_sum, correct, seen], dtype=torch.float64, device=dev)
+                dist.all_reduce(totals)  # sums over the processes: the global batches' numbers
+                loss_sum, correct, seen = totals[0].item(), int(totals[1]), int(totals[2])
+                _broadcast_buffers(model)
+            test_loss, test_acc = evaluate(model, x_test, y_test)
             stats = EpochStats(
                 epoch=epoch,
                 train_loss=loss_sum / seen,
@@ -311,11 +386,13 @@ def train_digits(
                 test_loss=test_loss,
                 test_accuracy=test_acc,
                 seconds=time.perf_counter() - start,
+                step_seconds=statistics.median(steps),
             )
             result.history.append(stats)
             if on_epoch is not None:
                 on_epoch(stats)
         model.eval()
+        del net  # a DistributedDataParallel wrapper's gradient hooks go with it
     return result
 
 
