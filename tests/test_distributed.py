@@ -50,7 +50,7 @@ WORLD = 2
 STEPS = 4
 GLOBAL_BATCH = 8
 JOB_SECONDS = 120.0
-COMPILE_SECONDS = 400.0
+COMPILE_SECONDS = 200.0
 EAGER_MODES = ("ddp", "fsdp")
 
 
@@ -128,7 +128,10 @@ def probe(model: nn.Module, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
 def wrap(model: nn.Module, mode: str) -> nn.Module:
     if mode in ("ddp", "ddp_compiled"):
         ddp = nn.parallel.DistributedDataParallel(model)
-        return torch.compile(ddp) if mode == "ddp_compiled" else ddp
+        # AOTAutograd's eager backend: Dynamo's capture of the DDP-wrapped model (its
+        # bucket-wise graph splitting included) and compiled autograd, without the minutes
+        # Inductor's C++ code generation takes per process on 2 cores
+        return torch.compile(ddp, backend="aot_eager") if mode == "ddp_compiled" else ddp
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -280,8 +283,7 @@ def test_processes_start_from_the_single_process_weights(eager_jobs, one_process
 def test_compiled_ddp_trains_like_one_process(tmp_path, one_process):
     run_job(_worker, free_port(), str(tmp_path), ("ddp_compiled",), seconds=COMPILE_SECONDS)
     ranks = per_rank(tmp_path, "ddp_compiled")
-    # Inductor fuses and reorders the float32 arithmetic: a little more rounding
-    assert_same_training(ranks, one_process, atol=1e-4, rtol=1e-4)
+    assert_same_training(ranks, one_process, atol=1e-5, rtol=1e-5)
     assert_fresh_model_agrees(ranks)
 
 
