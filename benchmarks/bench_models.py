@@ -6,8 +6,8 @@ user has) and timm architectures (``pretrained=False``), all with random norm
 statistics, in eval mode, at 224x224, batch 1 and 8, ``torch.set_num_threads(2)``.
 
 Providers, each prepared the way its users prepare it and timed interleaved call
-by call (a shuffled order each round, a short pause before each call so the
-previous engine's spinning threads go idle):
+in blocks (a shuffled order each round; each block's first call is not timed, so
+no provider pays for the threads the previous engine leaves spinning):
 
 - ``eager``: the model as built;
 - ``onnxruntime``: ``torch.onnx.export(model, (x,), dynamo=True)`` and an
@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 import torch
 from rich.console import Console
@@ -215,9 +216,14 @@ def providers_for(
     return built, failed, reports
 
 
-def measure(providers: list[Provider], rounds: int, warmup: int, gap_s: float) -> None:
-    """One measurement run: ``rounds`` interleaved rounds, appended to each provider's
-    ``times``."""
+def measure(providers: list[Provider], rounds: int, block: int, warmup: int) -> None:
+    """One measurement run, appended to each provider's ``times``.
+
+    Each of ``rounds`` rounds runs every provider in a shuffled order, as a block of
+    ``block`` timed calls after one that is not timed: an engine leaves its threads
+    spinning for a few milliseconds after a call (ONNX Runtime's, OpenVINO's,
+    OpenMP's), and only the first call of the next provider would pay for them.
+    """
     order = list(providers)
     rng = random.Random(len(providers[0].times))
     run_times: dict[str, list[float]] = {p.name: [] for p in providers}
@@ -228,10 +234,11 @@ def measure(providers: list[Provider], rounds: int, warmup: int, gap_s: float) -
         for _ in range(rounds):
             rng.shuffle(order)
             for p in order:
-                time.sleep(gap_s)
-                t = time.perf_counter()
-                p.run()
-                run_times[p.name].append(time.perf_counter() - t)
+                p.run()  # not timed
+                for _ in range(block):
+                    t = time.perf_counter()
+                    p.run()
+                    run_times[p.name].append(time.perf_counter() - t)
     for p in providers:
         p.times.append(run_times[p.name])
 
@@ -243,9 +250,9 @@ def _output(value: Any) -> torch.Tensor:
         value = value.to_tuple()[0]
     if isinstance(value, (list, tuple)):
         value = value[0]
-    if hasattr(value, "data"):
+    if not isinstance(value, np.ndarray) and hasattr(value, "data"):  # an OpenVINO tensor
         value = value.data
-    return torch.as_tensor(value)
+    return torch.from_numpy(np.array(value))
 
 
 def run_case(name: str, batch: int, args: argparse.Namespace, console: Console) -> dict[str, Any]:
@@ -263,7 +270,7 @@ def run_case(name: str, batch: int, args: argparse.Namespace, console: Console) 
             top1[p.name] = float((out.argmax(1) == reference.argmax(1)).float().mean())
     for run in range(args.repeat):
         console.print(f"  measurement run {run + 1}/{args.repeat}")
-        measure(providers, args.rounds, args.warmup, args.gap)
+        measure(providers, args.rounds, args.block, args.warmup)
     rows = []
     for p in providers:
         medians = [statistics.median(ts) * 1e3 for ts in p.times]
@@ -383,9 +390,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=[*BUILT_IN, *TIMM])
     parser.add_argument("--batches", nargs="*", type=int, default=[1, 8])
     parser.add_argument("--repeat", type=int, default=3, help="measurement runs (default 3)")
-    parser.add_argument("--rounds", type=int, default=15, help="timed rounds per run")
+    parser.add_argument("--rounds", type=int, default=7, help="rounds per measurement run")
+    parser.add_argument("--block", type=int, default=5, help="timed calls per provider and round")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--gap", type=float, default=0.01, help="pause before each call (s)")
     parser.add_argument("--compile", action="store_true", help="add torch.compile+freezing")
     parser.add_argument("--no-prep", action="store_true", help="skip the preparation section")
     parser.add_argument("--quick", action="store_true", help="two models, batch 1, one run")

@@ -379,3 +379,15 @@ def test_capture_traces_at_batch_two_so_batch_one_stays_dynamic() -> None:
     from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
     assert not is_concrete_int(x.meta["val"].shape[0])
+
+
+@pytest.mark.skipif(not HAVE["onnxruntime"], reason="onnxruntime not installed")
+def test_onnxruntime_fixes_the_example_batch_and_opens_a_dynamic_session_for_others() -> None:
+    model = _net()
+    fast, _ = optimize(model, torch.randn(2, 3, 6, 6), engine="onnxruntime", measure=False)
+    assert fast.batch == 2 and fast._batch_symbol is not None
+    fast._sessions.clear()  # as after a copy: sessions are made on first use
+    _same(model, fast, torch.randn(2, 3, 6, 6))
+    assert set(fast._sessions) == {True}
+    _same(model, fast, torch.randn(5, 3, 6, 6))
+    assert set(fast._sessions) == {True, False}

@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,7 +46,7 @@ def _checked(
     return report
 
 
-def _spec(program: ExportedProgram, inputs: tuple[torch.Tensor, ...]) -> dict[str, object]:
+def _spec(program: ExportedProgram, inputs: tuple[torch.Tensor, ...]) -> dict[str, Any]:
     return {
         "in_spec": program.call_spec.in_spec,
         "out_spec": program.call_spec.out_spec,

@@ -52,26 +52,39 @@ def export_onnx(program: ExportedProgram, inputs: tuple[torch.Tensor, ...]) -> b
 class OnnxRuntimeModule(FlatModule):
     """Runs an ONNX model with ONNX Runtime behind the original model's call signature.
 
-    Inputs go in as NumPy views of the tensors' memory and outputs come back as
-    tensors over ONNX Runtime's arrays: no copies. The session is rebuilt after a
-    copy or unpickling.
+    The graph keeps a symbolic batch dimension. Calls at the batch size the model was
+    optimised for run a session with that dimension fixed
+    (``add_free_dimension_override_by_name``: ONNX Runtime then plans its memory and
+    shapes ahead, measured a few percent faster); other batch sizes run a second
+    session, made on their first call. Inputs go in as NumPy views of the tensors'
+    memory and outputs come back as tensors over ONNX Runtime's arrays: no copies.
+    Sessions are rebuilt after a copy or unpickling.
 
     Args:
         model_bytes: the serialised ONNX model.
         threads: ONNX Runtime's intra-op threads.
+        batch: the batch size to fix in the first session (``None``: none fixed).
         **spec: ``FlatModule``'s arguments.
 
     Shape:
         The original model's.
     """
 
-    def __init__(self, model_bytes: bytes, *, threads: int, **spec: Any) -> None:
+    def __init__(
+        self, model_bytes: bytes, *, threads: int, batch: int | None = None, **spec: Any
+    ) -> None:
         super().__init__(**spec)
         self.model_bytes = model_bytes
         self.threads = threads
-        self._session: Any = self._make_session()
+        self.batch = batch
+        self._batch_symbol = _batch_symbol(model_bytes) if batch is not None else None
+        self._sessions: dict[bool, Any] = {}
+        self._session(fixed=self._batch_symbol is not None)  # made now: errors surface here
 
-    def _make_session(self) -> Any:
+    def _session(self, *, fixed: bool) -> Any:
+        session = self._sessions.get(fixed)
+        if session is not None:
+            return session
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -79,24 +92,44 @@ class OnnxRuntimeModule(FlatModule):
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        if fixed and self._batch_symbol is not None and self.batch is not None:
+            options.add_free_dimension_override_by_name(self._batch_symbol, self.batch)
         session = ort.InferenceSession(
             self.model_bytes, options, providers=["CPUExecutionProvider"]
         )
         self._names = [i.name for i in session.get_inputs()]
+        self._sessions[fixed] = session
         return session
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_session"] = None
+        state["_sessions"] = {}
         return state
 
     def run(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-        if self._session is None:
-            self._session = self._make_session()
-        feed = {
-            n: t.detach().contiguous().numpy() for n, t in zip(self._names, inputs, strict=True)
-        }
-        return [torch.from_numpy(o) for o in self._session.run(None, feed)]
+        fixed = (
+            self._batch_symbol is not None
+            and bool(inputs)
+            and all(t.dim() >= 1 and t.shape[0] == self.batch for t in inputs)
+        )
+        session = self._session(fixed=fixed)
+        arrays = [t.detach().contiguous().numpy() for t in inputs]
+        feed = dict(zip(self._names, arrays, strict=True))
+        return [torch.from_numpy(o) for o in session.run(None, feed)]
+
+
+def _batch_symbol(model_bytes: bytes) -> str | None:
+    """The name of the symbolic batch dimension, when every input starts with the same one."""
+    import onnx
+
+    graph = onnx.load_model_from_string(model_bytes).graph
+    names = set()
+    for value in graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if not dims or not dims[0].dim_param:
+            return None
+        names.add(dims[0].dim_param)
+    return names.pop() if len(names) == 1 else None
 
 
 def onnxruntime_module(
@@ -105,12 +138,15 @@ def onnxruntime_module(
     *,
     precision: str,
     spec: dict[str, Any],
+    example: tuple[torch.Tensor, ...] = (),
 ) -> OnnxRuntimeModule:
-    """Export ``program`` and open an ONNX Runtime session on it."""
+    """Export ``program`` (traced on ``inputs``) and open an ONNX Runtime session on it,
+    its batch fixed to ``example``'s."""
     if precision not in PRECISIONS:
         raise ValueError(f"ONNX Runtime's CPU kernels run float32, not {precision}")
     model_bytes = export_onnx(program, inputs)
-    return OnnxRuntimeModule(model_bytes, threads=torch.get_num_threads(), **spec)
+    batch = example[0].shape[0] if example and example[0].dim() >= 1 else None
+    return OnnxRuntimeModule(model_bytes, threads=torch.get_num_threads(), batch=batch, **spec)
 
 
 def flat_spec(program: ExportedProgram) -> tuple[pytree.TreeSpec, pytree.TreeSpec]:
