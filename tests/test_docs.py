@@ -17,14 +17,21 @@ import onebyone as obo
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# public name -> (the object, the API page that documents it)
+# public name -> (the object, the API page that documents it, its entry's anchor). A
+# function named like its module (onebyone.deploy.optimize.optimize) is documented by
+# its full path: the short one would be the module.
 DOCUMENTED = {
-    "onebyone.conv1x1": (obo.conv1x1, "api/op"),
-    "onebyone.numpy.conv1x1": (obo.numpy.conv1x1, "api/op"),
-    "onebyone.nn.Conv1x1": (obo.nn.Conv1x1, "api/nn"),
-    "onebyone.optimize": (obo.optimize, "api/deploy"),
-    "onebyone.deploy.OptimizeReport": (obo.deploy.OptimizeReport, "api/deploy"),
-    "onebyone.profile": (obo.profile, "api/cost"),
+    "onebyone.conv1x1": (obo.conv1x1, "api/op", "onebyone.conv1x1"),
+    "onebyone.numpy.conv1x1": (obo.numpy.conv1x1, "api/op", "onebyone.numpy.conv1x1"),
+    "onebyone.nn.Conv1x1": (obo.nn.Conv1x1, "api/nn", "onebyone.nn.Conv1x1"),
+    "onebyone.optimize": (obo.optimize, "api/deploy", "onebyone.deploy.optimize.optimize"),
+    "onebyone.deploy.OptimizeReport": (
+        obo.deploy.OptimizeReport,
+        "api/deploy",
+        "onebyone.deploy.OptimizeReport",
+    ),
+    "onebyone.profile": (obo.profile, "api/cost", "onebyone.profile"),
+    "onebyone.verify": (obo.verify, "api/transforms", "onebyone.transforms.verify.verify"),
 }
 
 
@@ -69,21 +76,24 @@ def _plain(docstring_text: str) -> str:
     return "".join(docstring_text.replace("``", "").split())
 
 
-def _section(site: Path, page: str, name: str) -> str:
-    """The HTML of ``name``'s entry on ``page``: from its heading to the next top heading."""
+def _entry(site: Path, page: str, anchor: str) -> str:
+    """The HTML of one entry on ``page``, its members left out: from its heading to the
+    next object's heading."""
     markup = (site / page / "index.html").read_text(encoding="utf-8")
-    start = markup.find(f'id="{name}"')
-    assert start >= 0, f"{page} has no entry {name}"
-    end = markup.find("<h2 ", start + 1)
+    at = markup.find(f'id="{anchor}"')
+    assert at >= 0, f"{page} has no entry {anchor}"
+    start = markup.rfind("<", 0, at)  # the heading's tag
+    end = markup.find('class="doc doc-heading"', markup.index(">", start))
     return markup[start : end if end > 0 else len(markup)]
 
 
 @pytest.mark.parametrize("name", list(DOCUMENTED))
 def test_api_pages_show_the_docstring_and_its_example(site: Path, name: str) -> None:
-    obj, page = DOCUMENTED[name]
+    obj, page, anchor = DOCUMENTED[name]
     doc = inspect.getdoc(obj)
     assert doc, name
-    text = _text(_section(site, page, name))
+    text = _text(_entry(site, page, anchor))
+    assert text.startswith(name)  # the heading shows the public name
     summary = _plain(doc.split("\n\n")[0])
     assert summary in text
     lines = [line.strip() for line in doc.splitlines()]
