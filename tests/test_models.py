@@ -781,7 +781,7 @@ def test_torch_compile_inductor() -> None:
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
 def test_models_are_not_torchscript_scriptable() -> None:
-    # the README's reason: onebyone.conv1x1 is Python (keyword-only arguments with
+    # docs/op.md's reason: onebyone.conv1x1 is Python (keyword-only arguments with
     # defaults, argument validation, __torch_function__, backend dispatch)
     model = obo.create_model("squeezenet1_1").eval()
     with pytest.raises(torch.jit.frontend.NotSupportedError, match="keyword-only arguments"):

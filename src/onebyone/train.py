@@ -361,7 +361,13 @@ def launch(
 
     Args:
         nproc_per_node: processes (at least 2; ``batch_size`` must be a multiple).
-        epochs, seed, reduced, width, batch_size, lr, train_limit: as in ``train_digits``.
+        epochs: passes over the training set, as in ``train_digits``.
+        seed: seeds the weights, the split and the shuffling, as in ``train_digits``.
+        reduced: width of the 1x1 reduction (``None``: none), as in ``train_digits``.
+        width: width of the first mlpconv layer, as in ``train_digits``.
+        batch_size: the global batch, split equally between the processes.
+        lr: peak learning rate, as in ``train_digits``.
+        train_limit: train on only the first this many training images.
         timeout: seconds for the whole job.
         on_epoch: called with rank 0's ``EpochStats`` after every epoch.
 

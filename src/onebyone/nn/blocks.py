@@ -248,7 +248,12 @@ class Inception(nn.Module):
 
     Args:
         in_channels: ``C``.
-        ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj: the paper's Table 1 columns.
+        ch1x1: the paper's Table 1 column "#1x1" (the 1x1 branch).
+        ch3x3red: "#3x3 reduce" (the 1x1 before the 3x3).
+        ch3x3: "#3x3".
+        ch5x5red: "#5x5 reduce" (the 1x1 before the third branch's kernel).
+        ch5x5: "#5x5".
+        pool_proj: "pool proj" (the 1x1 after the max-pool).
         branch3_kernel: odd kernel size of the third branch (default 5).
         conv_block: ``conv_block(in_channels, out_channels, kernel_size)`` building one
             "same"-padded conv unit; default ``ConvNormAct`` (conv, batch norm, ReLU).

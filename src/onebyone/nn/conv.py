@@ -38,8 +38,9 @@ class Conv1x1(nn.Module):
         groups: channel groups; must divide ``C`` and ``K``.
         bias: learn a ``(K,)`` bias.
         activation: ``None`` or a name from ``onebyone.ACTIVATIONS``.
-        device, dtype: where and how to allocate the parameters (dtype: float16,
-            bfloat16, float32 or float64; None: the default dtype).
+        device: where to allocate the parameters.
+        dtype: the parameters' dtype (float16, bfloat16, float32 or float64; None: the
+            default dtype).
 
     Shape:
         ``(N, C, H, W) -> (N, K, ceil(H/sh), ceil(W/sw))`` or unbatched

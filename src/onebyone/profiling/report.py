@@ -28,7 +28,8 @@ class Layer:
         type: that module's class name.
         op: the call (``"conv2d"``, ``"conv1x1"``, ``"linear"``, ``"batch_norm"``, ``"add_"``...).
         category: one of ``onebyone.profiling.CATEGORIES``.
-        input_shape, output_shape: the first input's and the output's shapes.
+        input_shape: the first input's shape.
+        output_shape: the output's shape.
         cost: its ``Cost`` (``params``: the model parameters this call read).
         parameters: the names of those parameters, read directly or through
             calls that only move data (views, indexing, ``expand``, ``cat``...).

@@ -99,9 +99,11 @@ def fold_bn_weights(
         weight: the layer's weight, output channels first: ``(K, C/g, *kernel)``
             for a convolution, ``(K, C)`` for a Linear or a 2-D ``Conv1x1`` weight.
         bias: the layer's ``(K,)`` bias or ``None``.
-        running_mean, running_var: the batch norm's ``(K,)`` statistics.
+        running_mean: the batch norm's ``(K,)`` running mean.
+        running_var: its ``(K,)`` running variance.
         eps: the batch norm's epsilon.
-        bn_weight, bn_bias: its ``(K,)`` affine parameters (``None`` when ``affine=False``).
+        bn_weight: its ``(K,)`` scale (``None`` when ``affine=False``).
+        bn_bias: its ``(K,)`` shift (``None`` when ``affine=False``).
 
     Shape:
         ``weight (K, ...)``, ``bias (K,)`` -> ``(K, ...)``, ``(K,)``.

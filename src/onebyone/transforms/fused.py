@@ -51,8 +51,9 @@ class FusedConv2d(nn.Conv2d):
     devices and float64 run the same computation with PyTorch ops.
 
     Args:
-        *args, **kwargs: those of ``nn.Conv2d`` (numeric ``padding``,
+        *args: ``nn.Conv2d``'s positional arguments (numeric ``padding``,
             ``padding_mode="zeros"``).
+        **kwargs: its other keyword arguments.
         activation: ``None`` or a name from ``onebyone.ACTIVATIONS``.
         residual_position: ``"before"`` or ``"after"`` the activation.
 
@@ -183,7 +184,8 @@ class FusedConv1x1(Conv1x1):
     on the fresh output). A residual of another shape is broadcast.
 
     Args:
-        in_channels, out_channels: ``C``, ``K``.
+        in_channels: ``C``.
+        out_channels: ``K``.
         residual_position: ``"before"`` or ``"after"`` the activation.
         **kwargs: the other arguments of ``Conv1x1`` (``stride``, ``groups``,
             ``bias``, ``activation``, ``device``, ``dtype``).
