@@ -208,15 +208,16 @@ def _plan(
 
 
 def _traced(x: object, weight: object, residual: object) -> bool:
-    """Whether this call is being traced (``torch.export``, ``torch.compile``, ``make_fx``,
-    a dispatch mode such as ``FlopCounterMode``): then the registered op runs."""
+    """Whether this call is being traced (``torch.export`` and ``make_fx`` on fake tensors,
+    ``torch.compile``, a dispatch mode such as ``FlopCounterMode``): then the registered
+    op runs. (Tracing real tensors, as ``make_fx(tracing_mode="real")`` does, records
+    the kernels' ATen ops instead: the same computation.)"""
     return (
         torch.compiler.is_compiling()  # first: Dynamo reads it as a constant
         or type(x) is not torch.Tensor
         or type(weight) not in _PLAIN_TYPES
         or (residual is not None and type(residual) is not torch.Tensor)
         or torch._C._len_torch_dispatch_stack() > 0
-        or torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.PROXY) is not None
     )
 
 
