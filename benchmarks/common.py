@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from onebyone.geometry import pointwise_output_size
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -144,7 +146,9 @@ class Layer:
 
     @property
     def out_hw(self) -> tuple[int, int]:
-        return -(-self.h // self.stride), -(-self.w // self.stride)
+        return pointwise_output_size(self.h, self.stride), pointwise_output_size(
+            self.w, self.stride
+        )
 
     @property
     def macs(self) -> int:

@@ -391,3 +391,20 @@ def test_onnxruntime_fixes_the_example_batch_and_opens_a_dynamic_session_for_oth
     assert set(fast._sessions) == {True}
     _same(model, fast, torch.randn(5, 3, 6, 6))
     assert set(fast._sessions) == {True, False}
+
+
+def test_the_torch_engine_in_bfloat16_keeps_a_float32_interface(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the bfloat16 path runs on any CPU (slowly where oneDNN has no bfloat16): let the
+    # engine offer it here, so its casts and its error check are exercised everywhere
+    monkeypatch.setattr(torch_engine, "precisions", lambda: ("float32", "bfloat16"))
+    model = _net()
+    x = torch.randn(2, 3, 6, 6)
+    fast, report = optimize(model, x, precision="bfloat16", engine="torch", measure=False)
+    assert report.precision == "bfloat16" and report.tolerance == 6e-2
+    assert report.max_rel_error is not None and 0 < report.max_rel_error < 6e-2
+    with torch.inference_mode():
+        out = fast(torch.randn(3, 3, 6, 6))
+    assert out.dtype == torch.float32 and out.shape == (3, 5)
+    assert {t.dtype for t in fast.graph_module.parameters()} == {torch.bfloat16}

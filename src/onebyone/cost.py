@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from onebyone import _checks
+from onebyone.geometry import conv_output_size
 
 __all__ = ["CONVENTION", "Cost", "conv_cost"]
 
@@ -279,7 +280,7 @@ def conv_cost(
     if not isinstance(dtype, torch.dtype):
         raise _checks.invalid("dtype", "a torch.dtype", dtype, kind=TypeError)
     out = tuple(
-        (s + 2 * p - d * (kk - 1) - 1) // st + 1
+        conv_output_size(s, kk, st, p, d)
         for s, p, d, kk, st in zip(size, pad, dilations, kernel, strides, strict=True)
     )
     if min(out) < 1:

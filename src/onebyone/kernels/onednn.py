@@ -31,6 +31,7 @@ __all__ = [
     "fused_convolution",
     "is_available",
     "pack_weight",
+    "supports",
     "unsupported",
 ]
 
@@ -57,6 +58,11 @@ _AVAILABLE, _DTYPES = _probe()
 def is_available() -> bool:
     """True when this PyTorch build has the fused oneDNN convolution ops."""
     return _AVAILABLE
+
+
+def supports(dtype: torch.dtype) -> bool:
+    """Whether oneDNN computes ``dtype`` natively on this CPU (and the fused ops exist)."""
+    return _AVAILABLE and dtype in _DTYPES
 
 
 def unsupported(x: torch.Tensor, needs_grad: bool) -> str | None:

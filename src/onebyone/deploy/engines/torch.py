@@ -200,7 +200,7 @@ def _fuse(gm: fx.GraphModule, pack: bool) -> int:
                 residual, after = other, True
         weight_arg: Any = call.weight
         meta = node.meta.get("tensor_meta")
-        if pack and meta is not None and weight.dtype in (torch.float32, torch.bfloat16):
+        if pack and meta is not None and onednn.supports(weight.dtype):
             if weight.dim() == 2:
                 weight = weight.reshape(*weight.shape, 1, 1)  # (K, C/g) -> (K, C/g, 1, 1)
             k, cg, kh, kw = weight.shape
