@@ -750,9 +750,13 @@ def _check_compiled(model: nn.Module, backend: str, x: torch.Tensor, *, fullgrap
     y_eager = model(x)
     y_eager.square().sum().backward()
     assert_close(y, y_eager, x.dtype)
+    # batch norm over 2 images amplifies rounding: compare relative to each gradient's
+    # scale, and a gradient that is zero in exact arithmetic (a bias before a norm) to the
+    # model's largest, the size of the terms whose rounding it holds (1e6 float64 epsilons)
+    largest = max(float(p.grad.abs().max()) for p in model.parameters())
     for g, p in zip(grads, model.parameters(), strict=True):
-        # batch norm over 2 images amplifies rounding; compare relative to each gradient's scale
-        assert float((g - p.grad).abs().max()) <= 1e-7 * float(p.grad.abs().max()) + 1e-12
+        scale = float(p.grad.abs().max())
+        assert float((g - p.grad).abs().max()) <= 1e-7 * scale + 1e-10 * largest + 1e-12
     model.eval()
     inference = torch.compile(model, backend=backend)  # CPU inference: oneDNN path
     with torch.no_grad():
