@@ -319,7 +319,7 @@ def run_case(name: str, batch: int, args: argparse.Namespace, console: Console) 
 
 
 _PREP_SCRIPT = """
-import json, resource, sys, time, torch, warnings
+import json, sys, time, torch, warnings
 warnings.filterwarnings("ignore")
 sys.path.insert(0, {bench!r})
 torch.set_num_threads({threads})
@@ -330,8 +330,10 @@ x = torch.randn(1, 3, 224, 224)
 start = time.perf_counter()
 fast, report = obo.optimize(model, x, engine={engine!r}, measure=False)
 seconds = time.perf_counter() - start
-print(json.dumps({{"engine": {engine!r}, "prepare_s": seconds,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+# VmHWM: this process's own peak (ru_maxrss would report the parent's size at the fork)
+peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status")
+               if line.startswith("VmHWM:"))
+print(json.dumps({{"engine": {engine!r}, "prepare_s": seconds, "peak_rss_mb": peak_kb / 1024}}))
 """
 
 
@@ -395,6 +397,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="add torch.compile+freezing")
     parser.add_argument("--no-prep", action="store_true", help="skip the preparation section")
+    parser.add_argument("--prep-only", action="store_true",
+                        help="only the preparation section (writes preparation.json)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="two models, batch 1, one run")
     args = parser.parse_args()
     if args.quick:
@@ -406,6 +410,11 @@ def main() -> None:
         )
     torch.set_num_threads(THREADS)
     console = Console()
+    if args.prep_only:
+        path = write_json("preparation", {"environment": environment(),
+                                          "preparation": preparation(console)})  # fmt: skip
+        console.print(f"wrote {path}")
+        return
     cases = []
     for name in args.models:
         for batch in args.batches:

@@ -209,9 +209,24 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "processor": platform.processor(),
+        "cpu": _cpu(),
         "cpus": os.cpu_count(),
         "threads": torch.get_num_threads(),
     }
+
+
+def _cpu() -> dict[str, Any]:
+    """The CPU's model name and the vector extensions that decide the kernels (Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields = dict(
+        (k.strip(), v.strip()) for k, _, v in (ln.partition(":") for ln in text.splitlines()) if v
+    )
+    flags = set(fields.get("flags", "").split())
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16")
+    return {"model": fields.get("model name", ""), "extensions": [f for f in wanted if f in flags]}
 
 
 def write_json(name: str, payload: dict[str, Any]) -> Path:
