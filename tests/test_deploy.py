@@ -184,6 +184,32 @@ def test_in_place_writes_through_views_stay_exact() -> None:
     _same(model, fast, torch.randn(3, 4, 5, 5))
 
 
+class _GhostShortcut(nn.Module):
+    """timm's GhostNet: a concatenation sliced to its own channel count, then added to in
+    place (``x[:, :C] += shortcut`` once functional), and a slice that keeps half."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(4, 2, 1), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.cat([self.a(x), self.b(x)], dim=1)[:, :4]
+        y += x
+        return y[:, :3] * 2
+
+
+def test_whole_slices_and_writes_into_them_are_dropped() -> None:
+    model = _GhostShortcut().eval()
+    fast, report = optimize(model, torch.randn(2, 4, 5, 5), engine="torch", measure=False)
+    dropped = next(p for p in report.passes if p.name == "drop_whole_slices")
+    assert dropped.count >= 2  # the batch slice and the slice_scatter of the write
+    targets = [str(n.target) for n in report.program.graph.nodes if n.op == "call_function"]
+    assert "aten.slice_scatter.default" not in targets
+    assert targets.count("aten.slice.Tensor") == 1  # [:, :3] keeps 3 of 4 channels
+    _same(model, fast, torch.randn(3, 4, 5, 5))
+    _same(model, fast, torch.randn(1, 4, 5, 5))
+
+
 class _Structured(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -369,6 +395,42 @@ def test_bfloat16_is_an_explicit_lossy_choice() -> None:
     assert report.max_rel_error is not None and 0 < report.max_rel_error < 6e-2
     _, both = optimize(model, x, precision="bfloat16", tolerance=0.1, measure=False)
     assert {c.precision for c in both.candidates} >= {"float32", "bfloat16"}
+
+
+class _Cancelling(nn.Module):
+    """Outputs that are differences of near-equal channels: bfloat16's rounding of the
+    weights (relative 4e-3) is far larger than the outputs, float32's is not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Conv2d(3, 16, 3, padding=1)
+        self.difference = nn.Conv2d(16, 8, 1, bias=False)
+        with torch.no_grad():
+            self.features.weight[8:] = self.features.weight[:8] * (1 + 1e-3)
+            self.features.bias[8:] = self.features.bias[:8]
+            self.difference.weight.zero_()
+            for k in range(8):
+                self.difference.weight[k, k], self.difference.weight[k, k + 8] = -1.0, 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.difference(self.features(x))
+
+
+def test_bfloat16_beyond_the_tolerance_lets_float32_compete(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(torch_engine, "precisions", lambda: ("float32", "bfloat16"))
+    model = _Cancelling().eval()
+    x = torch.randn(2, 3, 6, 6)
+    fast, report = optimize(model, x, precision="bfloat16", measure=False)
+    refused = [c for c in report.candidates if c.precision == "bfloat16"]
+    assert refused and not any(c.ok for c in refused)
+    torch_bf16 = next(c for c in refused if c.engine == "torch")
+    assert torch_bf16.max_rel_error is not None and torch_bf16.max_rel_error > 6e-2
+    assert any("no bfloat16 candidate met the tolerance" in n for n in report.notes)
+    assert any(c.ok for c in report.candidates if c.precision == "float32" and c.engine == "torch")
+    assert report.precision == "float32"  # a float32 engine, or the original if none is faster
+    _same(model, fast, torch.randn(3, 3, 6, 6))
 
 
 def test_capture_traces_at_batch_two_so_batch_one_stays_dynamic() -> None:

@@ -10,7 +10,7 @@ from onebyone.deploy.optimize import (
     EngineUnavailableError,
     optimize,
 )
-from onebyone.deploy.passes import fold_norms, merge_pointwise
+from onebyone.deploy.passes import drop_whole_slices, fold_norms, merge_pointwise
 from onebyone.deploy.program import Program
 from onebyone.deploy.report import Candidate, OptimizeReport
 
@@ -24,6 +24,7 @@ __all__ = [
     "OptimizeReport",
     "Program",
     "capture",
+    "drop_whole_slices",
     "fold_norms",
     "merge_pointwise",
     "optimize",

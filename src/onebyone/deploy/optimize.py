@@ -28,7 +28,7 @@ from onebyone.deploy.engines import onnxruntime as ort_engine
 from onebyone.deploy.engines import openvino as ov_engine
 from onebyone.deploy.engines import torch as torch_engine
 from onebyone.deploy.engines.base import StaticShapes
-from onebyone.deploy.passes import fold_norms, merge_pointwise
+from onebyone.deploy.passes import drop_whole_slices, fold_norms, merge_pointwise
 from onebyone.deploy.program import Program
 from onebyone.deploy.report import Candidate, OptimizeReport
 from onebyone.transforms.fold import check_eval, check_model, fold_batchnorm
@@ -262,7 +262,8 @@ def optimize(
         tolerance: the relative error (``max |c - r| / max |r|`` per output) a candidate
             must meet; default ``DEFAULT_TOLERANCES[precision]``. With
             ``precision="bfloat16"``, a tolerance also lets float32 candidates compete and
-            the fastest within it wins.
+            the fastest within it wins; with ``engine="auto"``, float32 candidates are
+            also built when no bfloat16 one meets the tolerance (the report says so).
         engine: ``"auto"`` (every installed engine, the fastest verified one, the original
             model when nothing beats it), or ``"torch"``, ``"onnxruntime"``,
             ``"openvino"`` (only that engine is built).
@@ -343,7 +344,7 @@ def optimize(
     exported = cap.program
     if exported is not None:
         program = Program(exported)
-        report.passes = [fold_norms(program), merge_pointwise(program)]
+        report.passes = [fold_norms(program), merge_pointwise(program), drop_whole_slices(program)]
         program.finish()
         report.program = cap.program
         spec = _flat_spec(cap, inputs, model)
@@ -378,19 +379,29 @@ def optimize(
 
     candidates: dict[str, nn.Module] = {}
     verified: dict[str, list[VerifyReport]] = {}
-    for name in engines:
-        for p in precisions:
-            candidate = Candidate(name, p)
-            report.candidates.append(candidate)
-            module = _build(candidate, builders, cap.attempts, say)
-            if module is not None:
-                say(f"checking {candidate.name}")
-                try:
-                    verified[candidate.name] = _verify(candidate, module, checks, limit)
-                except (VerificationError, ValueError) as exc:
-                    candidate.why = one_line(exc)
-            if candidate.ok and module is not None:
-                candidates[candidate.name] = module
+
+    def build(ps: list[str]) -> None:
+        for name in engines:
+            for p in ps:
+                candidate = Candidate(name, p)
+                report.candidates.append(candidate)
+                module = _build(candidate, builders, cap.attempts, say)
+                if module is not None:
+                    say(f"checking {candidate.name}")
+                    try:
+                        verified[candidate.name] = _verify(candidate, module, checks, limit)
+                    except (VerificationError, ValueError) as exc:
+                        candidate.why = one_line(exc)
+                if candidate.ok and module is not None:
+                    candidates[candidate.name] = module
+
+    build(precisions)
+    if engine == "auto" and not candidates and "float32" not in precisions:
+        # float32 is within any tolerance bfloat16 was allowed: exact, and still faster
+        report.notes.append(
+            f"no {precision} candidate met the tolerance {limit:g}: float32 candidates compete"
+        )
+        build(["float32"])
     if engine != "auto" and not candidates:
         reasons = "; ".join(f"{c.name}: {c.why}" for c in report.candidates)
         if not any(c.max_rel_error is not None for c in report.candidates):

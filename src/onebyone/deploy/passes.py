@@ -1,4 +1,5 @@
-"""The 1x1 algebra on an exported ATen graph: norm folding and pointwise merging.
+"""The 1x1 algebra on an exported ATen graph: norm folding and pointwise merging, and
+the removal of slices that take a whole dimension.
 
 Each pass takes a ``Program`` (an owned, functional exported program), edits it in
 place and returns a ``PassReport``. Patterns are recognised by the operation, not
@@ -25,7 +26,14 @@ from onebyone.transforms.fold import batchnorm_affine
 from onebyone.transforms.merge import merge_pointwise_weights
 from onebyone.transforms.report import PassReport
 
-__all__ = ["ConvCall", "conv_call", "fold_norms", "merge_pointwise", "set_conv_parameters"]
+__all__ = [
+    "ConvCall",
+    "conv_call",
+    "drop_whole_slices",
+    "fold_norms",
+    "merge_pointwise",
+    "set_conv_parameters",
+]
 
 aten = torch.ops.aten
 CONVOLUTIONS = (
@@ -331,6 +339,56 @@ def merge_pointwise(program: Program) -> PassReport:
         node.replace_all_uses_with(new)
         report.applied.append(where)
     return report
+
+
+_WHOLE = 2**62  # an end at or past this takes the whole dimension, whatever its size
+
+
+def _whole(dim_size: object, start: object, end: object, step: object) -> bool:
+    """Whether ``[start:end:step]`` takes every index of a dimension of ``dim_size``."""
+    if start not in (None, 0) or step not in (None, 1):
+        return False
+    return end is None or (isinstance(end, int) and (end >= _WHOLE or end == dim_size))
+
+
+def drop_whole_slices(program: Program) -> PassReport:
+    """Remove slices that take a whole dimension, and writes into them.
+
+    Exporting with a dynamic batch keeps ``x[:, :C]`` on a tensor of ``C`` channels as
+    ``slice(x, 0, 0, INT64_MAX)`` (the batch dimension's slice cannot be dropped while its
+    size is symbolic), and functionalisation turns an in-place op on such a view
+    (``x[:, :C] += shortcut``) into ``slice_scatter`` into the whole tensor. Both are the
+    identity on their value: ``slice`` returns its input, ``slice_scatter`` its source.
+    Engines otherwise copy tensors for them (OpenVINO: a scatter per write).
+
+    Shape:
+        Unchanged: the program computes the same function.
+    """
+    report = PassReport("drop_whole_slices")
+    for node in program.calls((aten.slice.Tensor, aten.slice_scatter.default)):
+        scatter = node.target == aten.slice_scatter.default
+        whole, kept = node.args[0], node.args[1] if scatter else node.args[0]
+        dim, start, end, step = _slice_arguments(node, 2 if scatter else 1)
+        shape = program.shape(whole)
+        if shape is None or not isinstance(dim, int) or not isinstance(kept, fx.Node):
+            continue
+        if not _whole(shape[dim], start, end, step):
+            continue
+        if scatter and [str(d) for d in program.shape(kept) or ()] != [str(d) for d in shape]:
+            continue
+        if kept.op == "placeholder" and any(u.op == "output" for u in node.users):
+            continue  # an output must not become the input itself
+        node.replace_all_uses_with(kept)
+        report.applied.append(node.name)
+    return report
+
+
+def _slice_arguments(node: fx.Node, first: int) -> list[object]:
+    """``(dim, start, end, step)`` of a ``slice`` (``first=1``) or ``slice_scatter`` (2)."""
+    given = list(node.args[first:])
+    names, defaults = ("dim", "start", "end", "step"), (0, None, None, 1)
+    return [given[i] if i < len(given) else node.kwargs.get(name, default)
+            for i, (name, default) in enumerate(zip(names, defaults, strict=True))]  # fmt: skip
 
 
 def count_norms_after_layers(program: Any) -> int:

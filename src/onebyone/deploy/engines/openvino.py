@@ -1,7 +1,8 @@
 """The ``"openvino"`` engine: ``openvino.convert_model`` on the transformed program.
 
 The program is decomposed first (``torch.ops.onebyone.conv1x1`` into ATen's
-convolution and its epilogue), converted, and compiled for the CPU with the
+convolution and its epilogue), converted, and compiled (at the example's shapes, and
+with the batch dynamic for other sizes) for the CPU with the
 precision always set explicitly (``INFERENCE_PRECISION_HINT``: OpenVINO's own
 default is bfloat16 on CPUs with native bfloat16), ``PERFORMANCE_HINT=LATENCY``
 and as many threads as PyTorch uses.
@@ -54,40 +55,67 @@ def convert(program: ExportedProgram) -> Any:
 class OpenVINOModule(FlatModule):
     """Runs a compiled OpenVINO model behind the original model's call signature.
 
+    The converted model keeps a symbolic batch dimension. Calls with the shapes the model
+    was optimised for run a copy compiled with those shapes fixed (the CPU plugin then
+    plans memory and picks kernels ahead); other shapes run the dynamic model, compiled
+    on their first call.
+
     Args:
         model: the ``openvino.Model`` (kept to save it as IR, and to recompile after a
             copy).
         precision: ``"float32"`` or ``"bfloat16"`` (``INFERENCE_PRECISION_HINT``).
         threads: ``INFERENCE_NUM_THREADS``.
+        shapes: the input shapes to compile a fixed-shape copy for, or ``None``.
         **spec: ``FlatModule``'s arguments.
 
     Shape:
         The original model's.
     """
 
-    def __init__(self, model: Any, *, precision: str, threads: int, **spec: Any) -> None:
+    def __init__(
+        self,
+        model: Any,
+        *,
+        precision: str,
+        threads: int,
+        shapes: list[tuple[int, ...]] | None = None,
+        **spec: Any,
+    ) -> None:
         super().__init__(**spec)
         self.ov_model = model
         self.precision = precision
         self.threads = threads
-        self._request: Any = self._compile()
+        fits = shapes is not None and len(shapes) == len(model.inputs) and _dynamic(model)
+        self.shapes = shapes if fits else None
+        self._requests: dict[str, Any] = {}
+        self._request("fixed" if self.shapes is not None else "dynamic")
 
-    def _compile(self) -> Any:
-        import openvino as ov
+    def _request(self, kind: str) -> Any:
+        request = self._requests.get(kind)
+        if request is None:
+            import openvino as ov
 
-        config = {
-            "INFERENCE_PRECISION_HINT": _HINTS[self.precision],
-            "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_NUM_THREADS": self.threads,
-        }
-        return ov.Core().compile_model(self.ov_model, "CPU", config).create_infer_request()
+            model = self.ov_model
+            if kind == "fixed":
+                model = model.clone()
+                model.reshape({port: ov.PartialShape(list(shape))
+                               for port, shape in zip(model.inputs, self.shapes or [],
+                                                      strict=True)})  # fmt: skip
+            config = {
+                "INFERENCE_PRECISION_HINT": _HINTS[self.precision],
+                "PERFORMANCE_HINT": "LATENCY",
+                "INFERENCE_NUM_THREADS": self.threads,
+            }
+            compiled = ov.Core().compile_model(model, "CPU", config)
+            request = self._requests[kind] = compiled.create_infer_request()
+        return request
 
     def __deepcopy__(self, memo: dict[int, Any]) -> OpenVINOModule:
         clone = self.__class__.__new__(self.__class__)
         memo[id(self)] = clone
         for key, value in self.__dict__.items():
-            if key == "_request":  # compiled again on first use
-                clone.__dict__[key] = None
+            if key == "_requests":  # compiled again on first use
+                clone.__dict__[key] = {}
             elif key == "ov_model":  # not changed after conversion: shared
                 clone.__dict__[key] = value
             else:
@@ -101,16 +129,21 @@ class OpenVINOModule(FlatModule):
         )
 
     def run(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-        if self._request is None:
-            self._request = self._compile()
-        self._request.infer([t.detach().contiguous().numpy() for t in inputs])
-        count = len(self._request.model_outputs)
+        fixed = self.shapes is not None and [tuple(t.shape) for t in inputs] == self.shapes
+        request = self._request("fixed" if fixed else "dynamic")
+        request.infer([t.detach().contiguous().numpy() for t in inputs])
+        count = len(request.model_outputs)
         # the request reuses its output memory on the next call: copy out
-        return [torch.from_numpy(self._request.get_output_tensor(i).data.copy())
+        return [torch.from_numpy(request.get_output_tensor(i).data.copy())
                 for i in range(count)]  # fmt: skip
 
     def extra_repr(self) -> str:
-        return f"precision={self.precision!r}, threads={self.threads}"
+        fixed = f", fixed shapes {self.shapes}" if self.shapes is not None else ""
+        return f"precision={self.precision!r}, threads={self.threads}{fixed}"
+
+
+def _dynamic(model: Any) -> bool:
+    return any(port.get_partial_shape().is_dynamic for port in model.inputs)
 
 
 def openvino_module(
@@ -124,5 +157,9 @@ def openvino_module(
     if precision not in precisions():
         raise ValueError(f"OpenVINO's CPU plugin does not compute {precision} natively here")
     return OpenVINOModule(
-        convert(program), precision=precision, threads=torch.get_num_threads(), **spec
+        convert(program),
+        precision=precision,
+        threads=torch.get_num_threads(),
+        shapes=[tuple(t.shape) for t in inputs],
+        **spec,
     )
