@@ -101,11 +101,6 @@ def _validate(
     strides = _checks.pair("stride", stride)
     act = activations.activation(activation)
     _checks.choice("backend", backend, BACKENDS)
-    if bias is not None and bias.dim() != 1:
-        raise ValueError(
-            "Invalid value for argument `bias`. Expected a 1-D tensor of shape (K,). "
-            f"Received bias of shape {tuple(bias.shape)}."
-        )
     geo = geometry.geometry(
         x.shape,
         weight.shape,

@@ -158,6 +158,11 @@ def _geometry(
             "Invalid value for argument `weight`. Expected at least one output channel. "
             f"Received weight of shape {tuple(weight_shape)}."
         )
+    if bias_shape is not None and len(bias_shape) != 1:
+        raise ValueError(
+            f"Invalid value for argument `bias`. Expected a 1-D bias of shape ({k},). "
+            f"Received bias of shape {tuple(bias_shape)}."
+        )
     if bias_shape is not None and tuple(bias_shape) != (k,):
         raise ValueError(
             f"Invalid value for argument `bias`. Expected shape ({k},), one value per output "

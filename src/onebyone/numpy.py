@@ -130,11 +130,6 @@ def _plan(
     """Validate every argument; return the geometry, layout, stride and dtypes."""
     fmt = _checks.data_format(data_format)
     strides = _checks.pair("stride", stride)
-    if ba is not None and ba.ndim != 1:
-        raise ValueError(
-            "Invalid value for argument `bias`. Expected a 1-D array of shape (K,). "
-            f"Received bias of shape {ba.shape}."
-        )
     geo = geometry.geometry(
         xa.shape,
         wa.shape,

@@ -171,6 +171,12 @@ def _seed_blocks(console: Console, seed: int) -> None:
                   "adds ResNet's identity shortcut (free) inside its last 1x1.")  # fmt: skip
 
 
+def _epoch_fields(stats: EpochStats) -> dict[str, Any]:
+    """The progress bar's columns at the end of an epoch."""
+    return {"loss": stats.train_loss, "train": stats.train_accuracy,
+            "test": f"{stats.test_accuracy:6.1%}"}  # fmt: skip
+
+
 def _train(
     console: Console,
     *,
@@ -204,13 +210,7 @@ def _train(
         )
 
         def epoch_done(stats: EpochStats) -> None:
-            progress.update(
-                job,
-                completed=stats.epoch,
-                loss=stats.train_loss,
-                train=stats.train_accuracy,
-                test=f"{stats.test_accuracy:6.1%}",
-            )
+            progress.update(job, completed=stats.epoch, **_epoch_fields(stats))
 
         with progress:
             return launch(
@@ -234,12 +234,7 @@ def _train(
         progress.update(tasks[epoch], completed=batch, loss=loss, train=acc)
 
     def on_epoch(stats: EpochStats) -> None:
-        progress.update(
-            tasks[stats.epoch],
-            loss=stats.train_loss,
-            train=stats.train_accuracy,
-            test=f"{stats.test_accuracy:6.1%}",
-        )
+        progress.update(tasks[stats.epoch], **_epoch_fields(stats))
 
     with progress:
         return train_digits(

@@ -106,33 +106,21 @@ def resnet50(
     *, num_classes: int = 1000, variant: str = "v1.5", zero_init_residual: bool = False
 ) -> ResNet:
     """ResNet-50: ``(3, 4, 6, 3)`` bottlenecks, 25,557,032 parameters (1000 classes)."""
-    return ResNet(
-        (3, 4, 6, 3),
-        num_classes=num_classes,
-        variant=variant,
-        zero_init_residual=zero_init_residual,
-    )
+    return ResNet((3, 4, 6, 3), num_classes=num_classes, variant=variant,
+                  zero_init_residual=zero_init_residual)  # fmt: skip
 
 
 def resnet101(
     *, num_classes: int = 1000, variant: str = "v1.5", zero_init_residual: bool = False
 ) -> ResNet:
     """ResNet-101: ``(3, 4, 23, 3)`` bottlenecks, 44,549,160 parameters (1000 classes)."""
-    return ResNet(
-        (3, 4, 23, 3),
-        num_classes=num_classes,
-        variant=variant,
-        zero_init_residual=zero_init_residual,
-    )
+    return ResNet((3, 4, 23, 3), num_classes=num_classes, variant=variant,
+                  zero_init_residual=zero_init_residual)  # fmt: skip
 
 
 def resnet152(
     *, num_classes: int = 1000, variant: str = "v1.5", zero_init_residual: bool = False
 ) -> ResNet:
     """ResNet-152: ``(3, 8, 36, 3)`` bottlenecks, 60,192,808 parameters (1000 classes)."""
-    return ResNet(
-        (3, 8, 36, 3),
-        num_classes=num_classes,
-        variant=variant,
-        zero_init_residual=zero_init_residual,
-    )
+    return ResNet((3, 8, 36, 3), num_classes=num_classes, variant=variant,
+                  zero_init_residual=zero_init_residual)  # fmt: skip

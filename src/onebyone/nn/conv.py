@@ -143,36 +143,17 @@ class Conv1x1(nn.Module):
             raise _checks.invalid("module", "an nn.Conv2d with kernel_size=(1, 1)", module)
         if tuple(module.padding) != (0, 0) or not isinstance(module.padding, tuple):
             raise _checks.invalid("module", "an nn.Conv2d with padding=0", module)
-        w = module.weight
-        out = cls(
-            module.in_channels,
-            module.out_channels,
-            stride=tuple(module.stride),  # type: ignore[arg-type]
-            groups=module.groups,
-            bias=module.bias is not None,
-            activation=activation,
-            device=w.device,
-            dtype=w.dtype,
-        )
-        out.load_state_dict(module.state_dict())
-        return out
+        return _copy_of(
+            cls, module, module.in_channels, module.out_channels, activation,
+            stride=tuple(module.stride), groups=module.groups,
+        )  # fmt: skip
 
     @classmethod
     def from_linear(cls, module: nn.Linear, *, activation: str | None = None) -> Conv1x1:
         """A ``Conv1x1`` applying an ``nn.Linear`` at every pixel (parameters copied)."""
         if not isinstance(module, nn.Linear):
             raise _checks.invalid("module", "an nn.Linear", type(module).__name__, kind=TypeError)
-        w = module.weight
-        out = cls(
-            module.in_features,
-            module.out_features,
-            bias=module.bias is not None,
-            activation=activation,
-            device=w.device,
-            dtype=w.dtype,
-        )
-        out.load_state_dict(module.state_dict())
-        return out
+        return _copy_of(cls, module, module.in_features, module.out_features, activation)
 
     def to_conv2d(self) -> nn.Module:
         """The equivalent ``nn.Conv2d(kernel_size=1)``, followed by the activation
@@ -341,3 +322,19 @@ class ConvNormAct(nn.Sequential):
         if self.activation != "relu":
             parts.append(f"activation={self.activation!r}")
         return ", ".join(parts)
+
+
+def _copy_of(
+    cls: type[Conv1x1],
+    module: nn.Conv2d | nn.Linear,
+    c: int,
+    k: int,
+    activation: str | None,
+    **geometry: Any,
+) -> Conv1x1:
+    """A ``cls`` (C -> K) with ``module``'s parameters, device and dtype."""
+    w = module.weight
+    out = cls(c, k, bias=module.bias is not None, activation=activation,
+              device=w.device, dtype=w.dtype, **geometry)  # fmt: skip
+    out.load_state_dict(module.state_dict())
+    return out
