@@ -129,6 +129,13 @@ def test_analyze_adds_the_extension_and_prints_the_real_paths(tmp_path: Path, ca
     assert obo.Profile.from_json((tmp_path / "profile.json").read_text()).total.params == 1_235_496
 
 
+def test_analyze_plot_onto_a_folder_is_refused_before_profiling(tmp_path: Path, capsys):
+    (tmp_path / "figures").mkdir()
+    assert main(["analyze", *SMALL, "--plot", str(tmp_path / "figures")]) == 2
+    assert "Expected a file name ending in .png, not a folder" in one_line_error(capsys, "analyze")
+    assert listing(tmp_path) == ["figures"] and listing(tmp_path / "figures") == []
+
+
 def test_analyze_keeps_existing_files_unless_force(tmp_path: Path, capsys):
     old = tmp_path / "r.json"
     old.write_text("mine")
@@ -198,6 +205,23 @@ def test_optimize_writes_no_onnx_file_when_onnx_runtime_fails(tmp_path: Path, ca
     assert main(["optimize", *SMALL, "--engine", "torch", "--onnx", str(target)]) == 1
     assert one_line_error(capsys, "optimize").endswith("ONNX Runtime cannot load this file\n")
     assert len(tried) == 1
+    assert listing(tmp_path) == []
+
+
+def test_optimize_writes_no_onnx_file_when_the_written_graph_differs(
+    tmp_path: Path, capsys, monkeypatch
+):
+    # the exported graph runs but computes something else: verification refuses the file
+    from onebyone.deploy import artifacts
+
+    class Wrong(artifacts.ort_engine.OnnxRuntimeModule):
+        def forward(self, *args, **kwargs):
+            return super().forward(*args, **kwargs) + 0.5
+
+    monkeypatch.setattr(artifacts.ort_engine, "OnnxRuntimeModule", Wrong)
+    target = tmp_path / "model.onnx"
+    assert main(["optimize", *SMALL, "--engine", "torch", "--onnx", str(target)]) == 1
+    assert "differ" in one_line_error(capsys, "optimize")
     assert listing(tmp_path) == []
 
 
