@@ -86,6 +86,41 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
+def calibrate_norms(model: nn.Module, x: torch.Tensor, seed: int = 0) -> nn.Module:
+    """Random affine terms, then statistics measured on ``x`` and perturbed at random;
+    returns ``model.eval()``.
+
+    Like a trained model's, every norm then sees activations of order one. Statistics
+    drawn independently of the activations (``randomize_norms``) let deep networks'
+    activations grow layer after layer (RegNetY-016's outputs reach 1e5 and its float32
+    is 6e-4 off float64; tf_efficientnetv2_b0's is 0.3 off on one input): such an
+    instance is no reference for an engine. A norm initialised with zero scale (the
+    last of a residual branch) gets a small one, as its initialisation meant, never
+    zero: folding it is never trivial.
+    """
+    g = torch.Generator().manual_seed(seed)
+    norms = [m for m in model.modules() if isinstance(m, NORM_TYPES) and m.running_mean is not None]
+    momenta = [m.momentum for m in norms]
+    with torch.no_grad():
+        for m in norms:
+            if m.weight is not None and m.bias is not None:
+                k = m.num_features
+                small = 0.1 if bool((m.weight == 0).all()) else 1.0
+                m.weight.copy_((torch.rand(k, generator=g) * 0.6 + 0.7) * small)
+                m.bias.copy_(torch.randn(k, generator=g) * 0.2)
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average: the statistics of x itself
+        model.train()
+        model(x)
+        for m, momentum in zip(norms, momenta, strict=True):
+            assert m.running_var is not None and m.running_mean is not None
+            m.momentum = momentum
+            k = m.num_features
+            m.running_mean.add_(torch.randn(k, generator=g) * 0.2 * m.running_var.sqrt())
+            m.running_var.mul_(torch.rand(k, generator=g) * 0.6 + 0.7)
+    return model.eval()
+
+
 class Tokens(torch.nn.Module):
     """A ViT-like stem whose parameters are read the ways timm models read them.
 

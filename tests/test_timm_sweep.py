@@ -1,7 +1,9 @@
 """``optimize`` on architectures nobody here wrote: a sweep over timm models.
 
-Each model (``pretrained=False``, random norm statistics, eval mode) is optimised on a
-non-torch engine: the result must equal the original on batch 1 and batch 3, the
+Each model (``pretrained=False``, norm statistics measured on a random batch and
+perturbed at random, eval mode) is optimised on a non-torch engine: the result must
+equal the original on batch 1 and batch 3 (within 1e-4, or ten times the model's own
+float32 rounding where that is larger), the
 original must be unchanged, and no norm that reads a convolution may be left in the
 graph. ``make test`` runs a representative part; the whole sweep is
 ``make sweep`` (``pytest tests/test_timm_sweep.py -m "sweep or not sweep"``).
@@ -9,6 +11,7 @@ graph. ``make test`` runs a representative part; the whole sweep is
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 
 import pytest
@@ -19,7 +22,7 @@ from onebyone.deploy import optimize
 from onebyone.deploy.passes import count_norms_after_layers
 from transform_models import assert_unchanged, snapshot
 
-from helpers import randomize_norms
+from helpers import calibrate_norms
 
 pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm is not installed"),
@@ -63,18 +66,37 @@ CASES = [pytest.param(name, side, id=name) for name, side in REPRESENTATIVE.item
 ]
 
 
+def own_rounding(model: torch.nn.Module, inputs: list[torch.Tensor]) -> float:
+    """The model's own float32 error against float64 on ``inputs`` (relative to max |r|).
+
+    Random weights leave some architectures ill-conditioned even with calibrated norms
+    (tf_efficientnetv2_b0: float32 1e-3 off float64 at batch 3): no engine can be held
+    closer to eager float32 than rounding lets eager be itself.
+    """
+    wide = copy.deepcopy(model).double()
+    worst = 0.0
+    with torch.no_grad():
+        for x in inputs:
+            exact, single = wide(x.double()), model(x).double()
+            worst = max(worst, float((single - exact).abs().max() / exact.abs().max()))
+    return worst
+
+
 @pytest.mark.parametrize(("name", "side"), CASES)
 def test_optimize_keeps_a_timm_model_exact_on_any_batch(name: str, side: int) -> None:
     from onebyone.models.external import load_external
 
-    model = randomize_norms(load_external(f"timm:{name}")).eval()
+    torch.manual_seed(0)
+    model = calibrate_norms(load_external(f"timm:{name}"), torch.randn(4, 3, side, side))
     before = snapshot(model)
-    x = torch.randn(1, 3, side, side)
+    inputs = [torch.randn(batch, 3, side, side) for batch in (1, 3)]
+    # the default 1e-4, or ten times the model's own float32 rounding where that is larger
+    tolerance = max(1e-4, 10 * own_rounding(model, inputs))
     engine = "onnxruntime" if len(name) % 2 else "openvino"  # both engines, across the sweep
-    fast, report = optimize(model, x, engine=engine, measure=False)
+    fast, report = optimize(model, inputs[0], engine=engine, measure=False, tolerance=tolerance)
     assert report.engine == engine and report.dynamic_batch, report
-    for batch in (1, 3):
-        check = obo.verify(model, fast, torch.randn(batch, 3, side, side), rtol=1e-4, atol=1e-5)
+    for x in inputs:
+        check = obo.verify(model, fast, x, rtol=tolerance, atol=1e-5)
         assert check.ok, check
     assert_unchanged(model, before)
     assert report.program is not None
