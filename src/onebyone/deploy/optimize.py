@@ -263,7 +263,8 @@ def optimize(
             must meet; default ``DEFAULT_TOLERANCES[precision]``. With
             ``precision="bfloat16"``, a tolerance also lets float32 candidates compete and
             the fastest within it wins; with ``engine="auto"``, float32 candidates are
-            also built when no bfloat16 one meets the tolerance (the report says so).
+            also built, held to float32's bound, when no bfloat16 one meets the tolerance
+            (the report says so).
         engine: ``"auto"`` (every installed engine, the fastest verified one, the original
             model when nothing beats it), or ``"torch"``, ``"onnxruntime"``,
             ``"openvino"`` (only that engine is built).
@@ -380,7 +381,7 @@ def optimize(
     candidates: dict[str, nn.Module] = {}
     verified: dict[str, list[VerifyReport]] = {}
 
-    def build(ps: list[str]) -> None:
+    def build(ps: list[str], limit: float) -> None:
         for name in engines:
             for p in ps:
                 candidate = Candidate(name, p)
@@ -395,13 +396,13 @@ def optimize(
                 if candidate.ok and module is not None:
                     candidates[candidate.name] = module
 
-    build(precisions)
+    build(precisions, limit)
     if engine == "auto" and not candidates and "float32" not in precisions:
-        # float32 is within any tolerance bfloat16 was allowed: exact, and still faster
+        # nothing lossy was asked for here: float32 candidates are held to float32's bound
         report.notes.append(
             f"no {precision} candidate met the tolerance {limit:g}: float32 candidates compete"
         )
-        build(["float32"])
+        build(["float32"], min(limit, DEFAULT_TOLERANCES["float32"]))
     if engine != "auto" and not candidates:
         reasons = "; ".join(f"{c.name}: {c.why}" for c in report.candidates)
         if not any(c.max_rel_error is not None for c in report.candidates):

@@ -348,7 +348,10 @@ def _whole(dim_size: object, start: object, end: object, step: object) -> bool:
     """Whether ``[start:end:step]`` takes every index of a dimension of ``dim_size``."""
     if start not in (None, 0) or step not in (None, 1):
         return False
-    return end is None or (isinstance(end, int) and (end >= _WHOLE or end == dim_size))
+    if end is None or (isinstance(end, int) and end >= _WHOLE):
+        return True
+    # a symbolic size is never compared (that would guard on it): only a known one
+    return isinstance(end, int) and isinstance(dim_size, int) and end == dim_size
 
 
 def drop_whole_slices(program: Program) -> PassReport:
