@@ -10,6 +10,7 @@ import re
 import pytest
 
 from onebyone.cli import main
+from onebyone.deploy import ENGINES
 from onebyone.explain.digits import DigitsNiN, train_digits
 from pngfile import assert_sensible_png
 
@@ -61,7 +62,9 @@ def test_quick_demo_writes_figures_and_summary(quick_run):
         assert summary["cost"][name]["params"] == sum(p.numel() for p in net.parameters())
     assert summary["cost"]["with reduction"]["macs"] < summary["cost"]["without reduction"]["macs"]
     optimized = summary["optimize"]
-    assert optimized["engine"] in ("torch", "onnxruntime")
+    # whichever engine wins the timing here: one optimize builds, no slower than the original
+    assert optimized["engine"] in ENGINES and optimized["engine"] != "auto"
+    assert optimized["latency_after_ms"] <= optimized["latency_before_ms"]
     assert optimized["max_rel_error"] <= 1e-4 and optimized["predictions_identical"] is True
     assert optimized["speedup"] == pytest.approx(
         optimized["latency_before_ms"] / optimized["latency_after_ms"]
