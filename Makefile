@@ -9,6 +9,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -c "from onebyone._torchvision_ops import write_pth; write_pth()"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+import sysconfig
 import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import onebyone as obo
+from onebyone._torchvision_ops import PTH_NAME
 
 
 def test_star_import_keeps_numpy_bound_to_numpy():
@@ -98,3 +102,71 @@ def test_core_works_without_matplotlib_and_sklearn(tmp_path: Path):
         assert run["err"].startswith(start) and run["err"].count("\n") == 1, (name, run)
         assert run["err"].rstrip().endswith(hint), (name, run)
     assert found["files"] == []  # refused before any work: no --json, no folders
+
+
+# ---------------------------------------------------------------- torchvision at start-up
+
+IMPORT_TIMM_WITH_THE_START_UP_FILE = textwrap.dedent(
+    """
+    import sys
+    purelib, site_dir = sys.argv[1:]
+    sys.path.append(purelib)  # the packages, without running their .pth files (python -S)
+    import site
+    site.addsitedir(site_dir)  # runs the start-up file alone
+    started = sorted(m for m in sys.modules if m.partition(".")[0] in ("torch", "onebyone"))
+    import timm, torchvision
+    timm.create_model("resnet18", pretrained=False)
+    print(started, "onebyone" in sys.modules)
+    """
+)
+
+
+def _stamp_rule(makefile: str) -> list[str]:
+    lines = makefile.splitlines()
+    start = lines.index(next(line for line in lines if line.startswith("$(STAMP):")))
+    rule = []
+    for line in lines[start + 1 :]:
+        if not line.startswith("\t"):
+            break
+        rule.append(line.strip())
+    return rule
+
+
+def test_the_makefile_writes_the_torchvision_start_up_file(tmp_path: Path):
+    if importlib.util.find_spec("timm") is None:
+        pytest.skip("timm is not installed")
+    root = Path(obo.__file__).parents[2]
+    rule = _stamp_rule((root / "Makefile").read_text())
+    install = next(i for i, line in enumerate(rule) if "pip install" in line and "-e" in line)
+    write = next(i for i, line in enumerate(rule) if "write_pth" in line)
+    assert install < write < rule.index("touch $(STAMP)")  # after the package, every install
+    command = rule[write]
+    assert command.startswith('$(BIN)/python -c "') and command.endswith('"')
+    # the Makefile's own command, run with a temporary site-packages folder
+    code = f"import sysconfig; sysconfig.get_path = lambda *a, **k: {str(tmp_path)!r}\n"
+    code += command.removeprefix('$(BIN)/python -c "').removesuffix('"')
+    env = {**os.environ, "PYTHONPATH": str(Path(obo.__file__).parents[1])}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    assert [p.name for p in tmp_path.iterdir()] == [PTH_NAME]
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", IMPORT_TIMM_WITH_THE_START_UP_FILE,
+         sysconfig.get_path("purelib"), str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    # interpreter start loads the hook alone: neither torch nor the onebyone package
+    assert done.stdout.split() == ["['onebyone._torchvision_ops']", "False"]
+
+
+def test_timm_imports_in_the_makefiles_venv_without_onebyone():
+    if importlib.util.find_spec("timm") is None:
+        pytest.skip("timm is not installed")
+    if not (Path(sysconfig.get_path("purelib")) / PTH_NAME).exists():
+        pytest.skip(f"{PTH_NAME} is not installed here (a virtual environment not built by make)")
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys, timm, torchvision; print('onebyone' in sys.modules)"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False"]

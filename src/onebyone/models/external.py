@@ -9,87 +9,37 @@ registers their shapes at import. Where its compiled library does not match the
 installed PyTorch (a CPU-only build beside a wheel made for another), that
 import fails with "operator torchvision::nms does not exist" even though
 classification models never call those operators. ``import_torchvision``
-declares the two operators it registers unconditionally (without a kernel:
-calling them still fails, with PyTorch's own message) and then imports it.
+declares them first (``onebyone._torchvision_ops``, which the Makefile's virtual
+environment also runs at interpreter start) and then imports it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import importlib.machinery
 import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import torch
 from torch import nn
 
 from onebyone import _checks
+from onebyone._torchvision_ops import prepare
 
 __all__ = ["SOURCES", "import_timm", "import_torchvision", "is_external", "load_external"]
 
 SOURCES: dict[str, str] = {"timm": "timm", "torchvision": "torchvision"}
 """``prefix -> pip package`` of the model sources ``load_external`` knows."""
 
-# Schemas of the operators torchvision registers fake kernels for at import time,
-# whether or not its compiled library loaded (torchvision/_meta_registrations.py).
-_TORCHVISION_SCHEMAS = (
-    "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-    "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-)
-_declared: list[torch.library.Library] = []  # kept alive: a dropped Library unregisters
-
-
-def _declare_torchvision_operators() -> None:
-    if _declared:
-        return
-    missing = [
-        s for s in _TORCHVISION_SCHEMAS if not _operator_exists(f"torchvision::{s.split('(')[0]}")
-    ]
-    if not missing:
-        return
-    library = torch.library.Library("torchvision", "FRAGMENT")
-    for schema in missing:
-        library.define(schema)
-    _declared.append(library)
-
-
-def _operator_exists(qualified_name: str) -> bool:
-    try:
-        torch._C._dispatch_has_kernel_for_dispatch_key(qualified_name, "CPU")
-    except RuntimeError:  # "operator ... does not exist"
-        return False
-    return True
-
 
 def import_torchvision() -> ModuleType:
-    """``import torchvision``, declaring its compiled operators first where they are missing.
+    """``import torchvision``, declaring its compiled operators first where they are missing
+    (``onebyone._torchvision_ops.prepare``).
 
     Raises:
         ImportError: torchvision is not installed.
     """
-    if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is not None:
-        # torchvision's own library first: where it loads, the operators exist and
-        # declaring them here would clash with its definitions
-        with contextlib.suppress(OSError, RuntimeError):
-            torch.ops.load_library(_extension_path())
-        _declare_torchvision_operators()
+    prepare()
     return importlib.import_module("torchvision")
-
-
-def _extension_path() -> str:
-    spec = importlib.util.find_spec("torchvision")
-    if spec is None or spec.submodule_search_locations is None:
-        raise OSError("torchvision is not a package here")
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        candidate = folder / f"_C{suffix}"
-        if candidate.exists():
-            return str(candidate)
-    raise OSError(f"no compiled library in {folder}")
 
 
 def import_timm() -> ModuleType:
