@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -204,14 +206,23 @@ def test_conv_cost_agrees_with_pytorch(
         for d, kk, p, e in zip(dilation, (kh, kw), padding, extra, strict=True)
     )
     conv = nn.Conv2d(c, k, (kh, kw), stride, padding, dilation, groups, bias=bias)
+    cost = obo.conv_cost(c, k, (kh, kw), input_size=size, stride=stride, padding=padding,
+                         dilation=dilation, groups=groups, batch=batch, bias=bias)  # fmt: skip
+    assert_pytorch_counts(cost, conv, (batch, c, *size))
+
+
+def assert_pytorch_counts(cost: Cost, conv: nn.Conv2d, shape: tuple[int, ...]) -> None:
+    """``cost`` against the layer's own run: its output shape, PyTorch's FLOP counter, and
+    the input elements autograd says the windows read."""
+    c, kh, kw = conv.in_channels, *conv.kernel_size
+    c_per, bias = c // conv.groups, conv.bias is not None
+    conv = copy.deepcopy(conv)
     with torch.no_grad():
         conv.weight.fill_(1.0)
-    x = torch.zeros(batch, c, *size, requires_grad=True)
+    x = torch.zeros(shape, requires_grad=True)
     with FlopCounterMode(display=False) as counter:
         y = conv(x)
     y.sum().backward()  # every input element a window reads gets a non-zero gradient
-    cost = obo.conv_cost(c, k, (kh, kw), input_size=size, stride=stride, padding=padding,
-                         dilation=dilation, groups=groups, batch=batch, bias=bias)  # fmt: skip
     assert cost.params == sum(p.numel() for p in conv.parameters())
     forward_flops = sum(counter.get_flop_counts()["Global"].get(op, 0) for op in
                         (torch.ops.aten.convolution, torch.ops.aten._convolution))  # fmt: skip
@@ -221,3 +232,20 @@ def test_conv_cost_agrees_with_pytorch(
     assert cost.bytes_written == 4 * y.numel()
     read = int((x.grad != 0).sum())
     assert cost.bytes_read == 4 * (read + cost.params)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+@pytest.mark.parametrize("dilation", [1, 2])
+@pytest.mark.parametrize("kernel", [1, 2, 3, 4, (2, 3), (4, 1)])
+def test_same_padding_is_pytorchs_for_every_kernel(kernel, dilation):
+    # PyTorch pads an even reach with the odd position after: the size is kept (56 -> 56)
+    conv = nn.Conv2d(6, 8, kernel, padding="same", dilation=dilation)
+    shape = (2, 6, 56, 13)
+    cost = obo.conv_cost(6, 8, kernel, input_size=shape[2:], padding="same",
+                         dilation=dilation, batch=2)  # fmt: skip
+    assert cost.macs == 2 * 8 * 56 * 13 * 6 * conv.kernel_size[0] * conv.kernel_size[1]
+    assert_pytorch_counts(cost, conv, shape)
+    # profile() counts the layer from its call: the same numbers
+    (row,) = obo.profile(conv, shape).layers
+    assert row.output_shape == (2, 8, 56, 13)
+    assert row.cost == cost

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from onebyone import _checks
-from onebyone.geometry import conv_output_size
+from onebyone.geometry import conv_output_size, same_padding
 
 __all__ = ["CONVENTION", "Cost", "conv_cost"]
 
@@ -198,23 +198,25 @@ def conv_counts(
     )
 
 
-def _padding(value: object, kernel: tuple[int, int], dilation: tuple[int, int],
-             stride: tuple[int, int]) -> tuple[int, int]:  # fmt: skip
-    """Padding before each axis: an int >= 0, a pair of them, ``"valid"`` or ``"same"``."""
+def _padding(
+    value: object, kernel: tuple[int, int], dilation: tuple[int, int], stride: tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Padding ``(before, after)`` of each axis from an int >= 0, a pair of them,
+    ``"valid"`` or ``"same"`` (PyTorch's: the odd one after, stride 1 only)."""
     expected = "an int >= 0, a pair of ints >= 0, 'valid' or 'same'"
     if isinstance(value, str):
         if value == "valid":
-            return (0, 0)
+            return ((0, 0), (0, 0))
         if value == "same":
             if stride != (1, 1):
                 raise _checks.invalid("padding", "'same' only with stride=1", value)
-            return (dilation[0] * (kernel[0] - 1) // 2, dilation[1] * (kernel[1] - 1) // 2)
+            return same_padding(kernel[0], dilation[0]), same_padding(kernel[1], dilation[1])
         raise _checks.invalid("padding", expected, value)
     pair = (value, value) if _checks._is_int(value) else value
     if isinstance(pair, Sequence) and len(pair) == 2 and all(_checks._is_int(v) for v in pair):
-        ph, pw = (int(v) for v in pair)
-        if ph >= 0 and pw >= 0:
-            return (ph, pw)
+        top, left = (int(v) for v in pair)
+        if top >= 0 and left >= 0:
+            return ((top, top), (left, left))
         raise _checks.invalid("padding", expected, value)
     raise _checks.invalid("padding", expected, value, kind=TypeError)
 
@@ -259,7 +261,8 @@ def conv_cost(
 
     Shape:
         ``(N, C, H, W) -> (N, K, H', W')`` with
-        ``H' = (H + 2*ph - dh*(kh - 1) - 1) // sh + 1`` (likewise ``W'``);
+        ``H' = (H + 2*ph - dh*(kh - 1) - 1) // sh + 1`` (likewise ``W'``); ``"same"``
+        pads ``dh*(kh - 1)`` in all, the odd one after as PyTorch does, so ``H' = H``;
         ``macs = N*K*H'*W' * (C/groups)*kh*kw``.
 
     Example:
@@ -273,23 +276,29 @@ def conv_cost(
     size = _checks.pair("input_size", input_size)
     strides = _checks.pair("stride", stride)
     dilations = _checks.pair("dilation", dilation)
-    pad = _padding(padding, kernel, dilations, strides)
+    pads = _padding(padding, kernel, dilations, strides)
+    pad = (pads[0][0], pads[1][0])  # before each axis
     n = _checks.positive_int("batch", batch)
     if not isinstance(bias, bool):
         raise _checks.invalid("bias", "True or False", bias, kind=TypeError)
     if not isinstance(dtype, torch.dtype):
         raise _checks.invalid("dtype", "a torch.dtype", dtype, kind=TypeError)
+    # conv_output_size pads both sides alike: the extra after (`same`) lengthens the axis
     out = tuple(
-        conv_output_size(s, kk, st, p, d)
-        for s, p, d, kk, st in zip(size, pad, dilations, kernel, strides, strict=True)
+        conv_output_size(s + after - before, kk, st, before, d)
+        for s, (before, after), d, kk, st in zip(
+            size, pads, dilations, kernel, strides, strict=True
+        )
     )
     if min(out) < 1:
         smallest = tuple(
-            d * (kk - 1) + 1 - 2 * p for p, d, kk in zip(pad, dilations, kernel, strict=True)
+            d * (kk - 1) + 1 - before - after
+            for (before, after), d, kk in zip(pads, dilations, kernel, strict=True)
         )
         raise _checks.invalid(
             "input_size",
-            f"at least {smallest} for kernel_size={kernel}, padding={pad}, dilation={dilations}",
+            f"at least {smallest} for kernel_size={kernel}, padding={padding!r}, "
+            f"dilation={dilations}",
             input_size,
         )
     return conv_counts(

@@ -15,7 +15,13 @@ from typing import Any, NamedTuple
 
 from onebyone import _checks
 
-__all__ = ["ConvGeometry", "conv_output_size", "geometry", "pointwise_output_size"]
+__all__ = [
+    "ConvGeometry",
+    "conv_output_size",
+    "geometry",
+    "pointwise_output_size",
+    "same_padding",
+]
 
 
 def conv_output_size(
@@ -28,6 +34,23 @@ def conv_output_size(
         (112, 4)
     """
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def same_padding(kernel: int, dilation: int = 1) -> tuple[int, int]:
+    """Padding ``(before, after)`` along one axis that keeps its length at stride 1.
+
+    The window reaches ``dilation * (kernel - 1)`` positions beyond its first; that
+    reach is split as PyTorch's ``padding="same"`` splits it, the odd one after
+    (right, bottom). A layer that takes one symmetric padding per axis (an
+    ``nn.Conv2d`` with an int) uses ``before``: the length is kept for odd reaches
+    and shrinks by one for even kernels.
+
+    Example:
+        >>> same_padding(3), same_padding(4), same_padding(3, dilation=2)
+        ((1, 1), (1, 2), (2, 2))
+    """
+    reach = dilation * (kernel - 1)
+    return reach // 2, reach - reach // 2
 
 
 def pointwise_output_size(size: Any, stride: int) -> Any:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from onebyone import _checks
+from onebyone.geometry import same_padding
 from onebyone.models._common import (
     convolutions,
     flag,
@@ -73,7 +74,7 @@ class BasicConv2d(nn.Module):
         if k == 1:
             self.conv = Conv1x1(in_channels, out_channels, stride=stride, bias=False)
         else:
-            pad = (k - 1) // 2
+            pad = same_padding(k)[0]
             self.conv = nn.Conv2d(
                 in_channels, out_channels, k, stride=stride, padding=pad, bias=False
             )

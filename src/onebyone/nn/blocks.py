@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from onebyone import _checks, activations
+from onebyone.geometry import same_padding
 from onebyone.nn.conv import Conv1x1, ConvNormAct, activation_module, norm_module
 
 __all__ = [
@@ -386,7 +387,7 @@ class MlpConv(nn.Sequential):
         parts = [f"{self.in_channels}, {self.channels}, kernel_size={self.kernel_size}"]
         if self.stride != (1, 1):
             parts.append(f"stride={self.stride}")
-        if self.padding != ((self.kernel_size[0] - 1) // 2, (self.kernel_size[1] - 1) // 2):
+        if self.padding != tuple(same_padding(k)[0] for k in self.kernel_size):
             parts.append(f"padding={self.padding}")
         if self.activation != "relu":
             parts.append(f"activation={self.activation!r}")

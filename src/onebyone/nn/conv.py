@@ -10,6 +10,7 @@ from torch import nn
 
 from onebyone import _checks, activations
 from onebyone.functional import _FLOAT_DTYPES, conv1x1
+from onebyone.geometry import same_padding
 
 __all__ = ["NORMS", "Conv1x1", "ConvNormAct", "activation_module", "norm_module"]
 
@@ -205,7 +206,7 @@ class Conv1x1(nn.Module):
 def _padding(value: object, kernel_size: tuple[int, int]) -> tuple[int, int]:
     """``None`` -> "same" padding for odd kernels; else a non-negative int or pair."""
     if value is None:
-        return ((kernel_size[0] - 1) // 2, (kernel_size[1] - 1) // 2)
+        return (same_padding(kernel_size[0])[0], same_padding(kernel_size[1])[0])
     pairs = value if isinstance(value, (tuple, list)) else (value, value)
     if (
         len(pairs) != 2

@@ -17,6 +17,7 @@ import torch
 
 from onebyone import _checks
 from onebyone.cost import Cost, conv_counts, touched, window_reads
+from onebyone.geometry import same_padding
 
 __all__ = [
     "CATEGORIES",
@@ -120,7 +121,7 @@ def _count_conv(func: Any, args: Args, kwargs: Kwargs, out: torch.Tensor) -> Cou
     if padding == "valid":
         pad: tuple[int, ...] = (0,) * nd
     elif padding == "same":
-        pad = tuple(d * (k - 1) // 2 for d, k in zip(dilation, kernel, strict=True))
+        pad = tuple(same_padding(k, d)[0] for k, d in zip(kernel, dilation, strict=True))
     else:
         pad = _ntuple(padding, nd)
     c = w.shape[1] * groups
