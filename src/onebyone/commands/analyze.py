@@ -2,7 +2,7 @@
 
 Calls ``onebyone.profile``; prints a table per layer and the share of
 parameters and MACs by category, and writes JSON, CSV or a figure on request
-(``commands._output``'s rule: checked before any work, the extension added when
+(``onebyone._files``' rule: checked before any work, the extension added when
 left out, all files written at the end or none, existing ones kept unless
 ``--force``).
 """
@@ -10,7 +10,6 @@ left out, all files written at the end or none, existing ones kept unless
 from __future__ import annotations
 
 import argparse
-import contextlib
 from collections import defaultdict
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from onebyone import _checks, _optional
+from onebyone import _checks, _files, _optional
 from onebyone.commands._common import (
     MODEL_FORMS,
     first_line,
@@ -28,7 +27,6 @@ from onebyone.commands._common import (
     parse_options,
     resolve_model,
 )
-from onebyone.commands._output import Output, output_file
 from onebyone.cost import CONVENTION
 from onebyone.profiling import (
     CATEGORIES,
@@ -271,10 +269,10 @@ def _plot(prof: Profile, path: Path) -> None:
     fig.savefig(path, format="png", dpi=120)
 
 
-def _outputs(args: argparse.Namespace) -> dict[str, Output]:
+def _outputs(args: argparse.Namespace) -> dict[str, _files.Output]:
     """The files to write, checked before any work: ``{"json": Output, ...}``."""
     outputs = {
-        kind: output_file(f"--{kind}", value, f".{suffix}", force=args.force)
+        kind: _files.output_file(f"--{kind}", value, f".{suffix}", force=args.force)
         for kind, suffix in (("json", "json"), ("csv", "csv"), ("plot", "png"))
         if (value := getattr(args, kind)) is not None
     }
@@ -283,16 +281,16 @@ def _outputs(args: argparse.Namespace) -> dict[str, Output]:
     return outputs
 
 
-def _write(prof: Profile, outputs: dict[str, Output]) -> list[Path]:
+def _write(prof: Profile, outputs: dict[str, _files.Output]) -> list[Path]:
     """Write every output, all or none: each is staged, then all are moved in place."""
     writers = {
         "json": lambda path: path.write_text(prof.to_json()),
         "csv": lambda path: path.write_text(prof.to_csv()),
         "plot": lambda path: _plot(prof, path),
     }
-    with contextlib.ExitStack() as stack:
-        for kind, output in outputs.items():
-            writers[kind](stack.enter_context(output.staging()))
+    with _files.staged(list(outputs.values())) as temps:
+        for kind, temp in zip(outputs, temps, strict=True):
+            writers[kind](temp)
     return [output.path for output in outputs.values()]
 
 
