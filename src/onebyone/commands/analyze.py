@@ -21,10 +21,11 @@ from torch import nn
 from onebyone import _checks, _files, _optional
 from onebyone.commands._common import (
     MODEL_FORMS,
-    first_line,
+    REJECTIONS,
     load_weights,
     parse_input,
     parse_options,
+    rejected_input,
     resolve_model,
 )
 from onebyone.cost import CONVENTION
@@ -314,11 +315,8 @@ def run(args: argparse.Namespace) -> int:
     with status.status(f"profiling {args.model} on {args.input}"):
         try:
             prof = profile(model, shape, peak=peak)
-        except RuntimeError as exc:  # the model rejects the input
-            raise ValueError(
-                f"Invalid value for argument `--input`. Expected an input {args.model} "
-                f"accepts. Received --input={args.input!r}: {first_line(exc)}"
-            ) from None
+        except REJECTIONS as exc:  # the model rejects the input
+            raise rejected_input(args.model, model, shape, exc) from None
     console = Console()
     if not console.is_terminal:
         console.width = 160

@@ -18,7 +18,7 @@ from rich.columns import Columns
 from rich.console import Console
 from rich.table import Table
 
-from onebyone import _files, _optional
+from onebyone import _checks, _files, _optional
 from onebyone.explain import (
     SEED_KERNEL,
     TOPICS,
@@ -320,6 +320,7 @@ def run(args: argparse.Namespace) -> int:
     if args.topic is None:
         names = list(TOPICS) if args.save_figures is not None else []
     else:
+        _checks.choice("TOPIC", args.topic, (*TOPICS, "all"))
         names = list(TOPICS) if args.topic == "all" else [get_topic(args.topic).name]
     outputs = {}  # every output checked before any work
     if args.html is not None:

@@ -22,9 +22,11 @@ from torch import nn
 from onebyone import _files, _optional
 from onebyone.commands._common import (
     MODEL_FORMS,
+    REJECTIONS,
     load_weights,
     parse_input,
     parse_options,
+    rejected_input,
     resolve_model,
 )
 from onebyone.deploy import ENGINES, PRECISIONS, OptimizeReport, optimize, save_onnx, save_openvino
@@ -182,6 +184,11 @@ def run(args: argparse.Namespace) -> int:
         _load(model, args.weights, args.model)
     model.eval()
     x = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed))
+    try:  # one run first: an input the model rejects is bad input, said in its terms
+        with torch.inference_mode():
+            model(x.clone())
+    except REJECTIONS as exc:
+        raise rejected_input(args.model, model, shape, exc) from None
     with console.status("optimizing") as status:
         _, report = optimize(
             model,
