@@ -94,7 +94,7 @@ def test_top_n_and_output_files(capsys, tmp_path):
          r"480,20\). Received --peak='fast'"),
         ([*CONV, "--peak", "480,0"], r"argument `--peak`. .* Received --peak='480,0'"),
         (["squeezenet1_1", "--input", "1x4x64x64"],
-         r"argument `--input`. Expected an input squeezenet1_1 accepts"),
+         r"the model rejected --input 1x4x64x64: RuntimeError: Given groups=1"),
     ],
 )  # fmt: skip
 def test_bad_arguments_are_one_line_errors(capsys, argv, message):

@@ -316,17 +316,17 @@ def test_train_with_one_process_is_refused(no_launcher, monkeypatch, capsys):
     assert "Received WORLD_SIZE=1." in err and err.count("\n") == 1
 
 
-def test_train_refuses_an_existing_out_folder_before_training(
+def test_train_refuses_existing_out_files_before_training(
     no_launcher, monkeypatch, capsys, tmp_path
 ):
     env = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
     for name, value in {**env, "MASTER_PORT": str(free_port())}.items():
         monkeypatch.setenv(name, value)
-    (tmp_path / "keep.txt").write_text("mine")
+    (tmp_path / "history.json").write_text("mine")
     assert train_main(["--out", str(tmp_path)]) == 2  # at once: no peer is waited for
     err = capsys.readouterr().err
-    assert "Invalid value for argument `--out`. Expected a folder that does not exist" in err
-    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+    assert "Invalid value for argument `--out`. Expected a folder without history.json" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["history.json"]
 
 
 @pytest.mark.timeout(60)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -27,6 +28,29 @@ DEBUG_VARIABLE = "ONEBYONE_DEBUG"
 """Set to 1 to see the traceback of a failure besides its one-line message."""
 _EXPECTED = (ValueError, TypeError, OSError, RuntimeError, KeyError, ImportError)
 """Failures whose message says it all; any other type is named in the line."""
+OPTION_NAMES: dict[str, str] = {
+    "example_input": "--input",
+    "input_shape_or_example": "--input",
+    "tolerance": "--tolerance",
+    "precision": "--precision",
+    "engine": "--engine",
+    "epochs": "--epochs",
+    "nproc_per_node": "--nproc-per-node",
+}
+"""The library's argument names and the options that set them: errors name the option."""
+
+
+def option_names(line: str) -> str:
+    """``line`` with the library's argument names replaced by the CLI options that set them.
+
+    Example:
+        >>> option_names("Invalid value for argument `tolerance`. Received tolerance=2.0.")
+        'Invalid value for argument `--tolerance`. Received --tolerance=2.0.'
+    """
+    for name, option in OPTION_NAMES.items():
+        line = line.replace(f"`{name}`", f"`{option}`")
+        line = re.sub(rf"(?<![\w.`-]){name}=", f"{option}=", line)
+    return line
 
 
 def error_line(exc: Exception) -> str:
@@ -68,7 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         expected = debug or isinstance(exc, _EXPECTED)
         hint = "" if expected else f" (run with {DEBUG_VARIABLE}=1 for the traceback)"
-        print(f"onebyone {args.command}: error: {error_line(exc)}{hint}", file=sys.stderr)
+        line = option_names(error_line(exc))
+        print(f"onebyone {args.command}: error: {line}{hint}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, (ValueError, TypeError, KeyError)) else EXIT_FAILURE
     except KeyboardInterrupt:
         print("onebyone: interrupted", file=sys.stderr)

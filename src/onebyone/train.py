@@ -43,9 +43,8 @@ import torch
 import torch.distributed as dist
 
 import onebyone
-from onebyone import _checks
+from onebyone import _checks, _files
 from onebyone.cli import EXIT_FAILURE, EXIT_USAGE, error_line
-from onebyone.commands._output import output_folder
 from onebyone.explain.digits import (
     DigitsNiN,
     EpochStats,
@@ -252,7 +251,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         env = process_env()
         target = None  # rank 0 writes; the other ranks may not even share its disk
         if env.rank == 0 and args.out is not None:
-            target = output_folder("--out", args.out, force=args.force)  # before training
+            target = _files.output_folder(  # before training
+                "--out", args.out, (MODEL_FILE, HISTORY_FILE), force=args.force
+            )
 
         def report(stats: EpochStats) -> None:
             if args.json:
@@ -279,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 on_epoch=report if env.rank == 0 else None,
             )
             if target is not None:
-                with target.staging() as folder:  # all of it, or nothing
+                with _files.staged([target]) as (folder,):  # all of it, or nothing
                     _save(result, folder)
             dist.barrier()  # nobody leaves before the weights are written
     except Exception as exc:  # KeyboardInterrupt and SystemExit are not Exceptions

@@ -12,8 +12,10 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
+import os
 import pickle
 import re
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -25,8 +27,8 @@ from torch import nn
 from onebyone import _checks
 from onebyone.models.external import is_external, load_external
 
-__all__ = ["MODEL_FORMS", "first_line", "load_weights", "parse_input", "parse_options",
-           "resolve_model"]  # fmt: skip
+__all__ = ["MODEL_FORMS", "REJECTIONS", "expected_input", "first_line", "load_weights",
+           "parse_input", "parse_options", "rejected_input", "resolve_model"]  # fmt: skip
 
 _OTHER_FORMS = "timm:NAME, torchvision:NAME or package.module:factory"
 MODEL_FORMS = f"a registered model name (onebyone.list_models()), {_OTHER_FORMS}"
@@ -93,6 +95,7 @@ def _import_factory(spec: str) -> Callable[..., Any]:
     module_name, _, attribute = spec.partition(":")
     if not (_DOTTED.fullmatch(module_name) and _DOTTED.fullmatch(attribute)):
         raise _checks.invalid("MODEL", MODEL_FORMS, spec)
+    _current_folder_first()
     try:
         target: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -121,6 +124,14 @@ def _import_factory(spec: str) -> Callable[..., Any]:
     if not callable(target):
         raise _checks.invalid("MODEL", "package.module:factory naming a callable", spec)
     return target
+
+
+def _current_folder_first() -> None:
+    """Look for the user's module in the current folder first, as ``python -m`` does
+    (an installed ``onebyone`` script starts with its own folder on the path instead)."""
+    here = os.getcwd()
+    if sys.path[:1] not in ([""], [here]):
+        sys.path.insert(0, here)
 
 
 def _options_refused(spec: str, options: dict[str, object], exc: TypeError) -> ValueError:
@@ -210,6 +221,37 @@ def resolve_model(spec: str, options: dict[str, object]) -> nn.Module:
         raise _checks.invalid("MODEL", "a factory returning a torch.nn.Module",
                               f"{spec} -> {type(model).__name__}", kind=TypeError)  # fmt: skip
     return model
+
+
+# ---------------------------------------------------------------- input
+
+REJECTIONS = (RuntimeError, ValueError, TypeError, IndexError, KeyError, AssertionError)
+"""What a model's ``forward`` raises when it rejects an input (a shape check, an assert)."""
+
+
+def expected_input(model: nn.Module, batch: int) -> tuple[int, ...] | None:
+    """The input shape ``model`` says it expects (timm's ``pretrained_cfg["input_size"]``
+    with ``batch`` in front), or ``None`` when it says nothing."""
+    for name in ("pretrained_cfg", "default_cfg"):
+        config = getattr(model, name, None)
+        size = config.get("input_size") if isinstance(config, dict) else None
+        if isinstance(size, (tuple, list)) and all(isinstance(n, int) for n in size):
+            return (batch, *size)
+    return None
+
+
+def rejected_input(
+    spec: str, model: nn.Module, shape: tuple[int, ...], exc: BaseException
+) -> ValueError:
+    """The one-line error for a model that raised ``exc`` on an input of ``shape``: the
+    input, the model's reason and, when the model says it, the shape it expects."""
+    text = "x".join(map(str, shape))
+    reason = first_line(exc).rstrip(".")
+    line = f"the model rejected --input {text}: {type(exc).__name__}: {reason}"
+    expected = expected_input(model, shape[0] if shape else 1)
+    if expected is not None and tuple(expected) != tuple(shape):
+        line += f"; {spec} expects {'x'.join(map(str, expected))} (its pretrained_cfg input_size)"
+    return ValueError(line)
 
 
 # ---------------------------------------------------------------- weights

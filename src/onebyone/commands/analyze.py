@@ -2,7 +2,7 @@
 
 Calls ``onebyone.profile``; prints a table per layer and the share of
 parameters and MACs by category, and writes JSON, CSV or a figure on request
-(``commands._output``'s rule: checked before any work, the extension added when
+(``onebyone._files``' rule: checked before any work, the extension added when
 left out, all files written at the end or none, existing ones kept unless
 ``--force``).
 """
@@ -10,7 +10,6 @@ left out, all files written at the end or none, existing ones kept unless
 from __future__ import annotations
 
 import argparse
-import contextlib
 from collections import defaultdict
 from pathlib import Path
 
@@ -19,16 +18,16 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from onebyone import _checks, _optional
+from onebyone import _checks, _files, _optional
 from onebyone.commands._common import (
     MODEL_FORMS,
-    first_line,
+    REJECTIONS,
     load_weights,
     parse_input,
     parse_options,
+    rejected_input,
     resolve_model,
 )
-from onebyone.commands._output import Output, output_file
 from onebyone.cost import CONVENTION
 from onebyone.profiling import (
     CATEGORIES,
@@ -271,10 +270,10 @@ def _plot(prof: Profile, path: Path) -> None:
     fig.savefig(path, format="png", dpi=120)
 
 
-def _outputs(args: argparse.Namespace) -> dict[str, Output]:
+def _outputs(args: argparse.Namespace) -> dict[str, _files.Output]:
     """The files to write, checked before any work: ``{"json": Output, ...}``."""
     outputs = {
-        kind: output_file(f"--{kind}", value, f".{suffix}", force=args.force)
+        kind: _files.output_file(f"--{kind}", value, f".{suffix}", force=args.force)
         for kind, suffix in (("json", "json"), ("csv", "csv"), ("plot", "png"))
         if (value := getattr(args, kind)) is not None
     }
@@ -283,16 +282,16 @@ def _outputs(args: argparse.Namespace) -> dict[str, Output]:
     return outputs
 
 
-def _write(prof: Profile, outputs: dict[str, Output]) -> list[Path]:
+def _write(prof: Profile, outputs: dict[str, _files.Output]) -> list[Path]:
     """Write every output, all or none: each is staged, then all are moved in place."""
     writers = {
         "json": lambda path: path.write_text(prof.to_json()),
         "csv": lambda path: path.write_text(prof.to_csv()),
         "plot": lambda path: _plot(prof, path),
     }
-    with contextlib.ExitStack() as stack:
-        for kind, output in outputs.items():
-            writers[kind](stack.enter_context(output.staging()))
+    with _files.staged(list(outputs.values())) as temps:
+        for kind, temp in zip(outputs, temps, strict=True):
+            writers[kind](temp)
     return [output.path for output in outputs.values()]
 
 
@@ -316,11 +315,8 @@ def run(args: argparse.Namespace) -> int:
     with status.status(f"profiling {args.model} on {args.input}"):
         try:
             prof = profile(model, shape, peak=peak)
-        except RuntimeError as exc:  # the model rejects the input
-            raise ValueError(
-                f"Invalid value for argument `--input`. Expected an input {args.model} "
-                f"accepts. Received --input={args.input!r}: {first_line(exc)}"
-            ) from None
+        except REJECTIONS as exc:  # the model rejects the input
+            raise rejected_input(args.model, model, shape, exc) from None
     console = Console()
     if not console.is_terminal:
         console.width = 160

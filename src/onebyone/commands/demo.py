@@ -4,9 +4,9 @@ The tour: the seed's worked example (short form); a Network-in-Network built
 around 1x1 convolutions trained on scikit-learn's real 8x8 digits; its cost
 profile against the same network without its 1x1 reduction; ``optimize`` on
 it, with the verified error and the speed-up; figures and ``summary.json``
-saved to ``--out``, a new folder (or ``--force`` to write into an existing
-one), checked before the tour starts and written once it has finished
-(``commands._output``'s rule). Training is deterministic under ``--seed``;
+saved to ``--out`` (created if missing; files of the same names in it are kept
+unless ``--force``), checked before the tour starts and written once it has finished
+(``onebyone._files``' rule). Training is deterministic under ``--seed``;
 ``--quick`` runs in a few seconds; ``--distributed`` trains the networks
 data-parallel on ``--nproc-per-node`` local processes through torchrun
 (``onebyone.train.launch``), with the same seed and global batches. The tour
@@ -29,8 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import onebyone as obo
-from onebyone import _checks, _optional
-from onebyone.commands._output import Output, output_folder
+from onebyone import _checks, _files, _optional
 from onebyone.commands.explain import render_worked_example
 from onebyone.deploy import optimize
 from onebyone.explain import worked_example
@@ -48,6 +47,15 @@ EPOCHS = 20
 QUICK_EPOCHS = 3
 """``--quick`` trains this few epochs: it checks the tour, not the accuracy."""
 TARGET_ACCURACY = 0.97
+SUMMARY_FILE = "summary.json"
+FIGURE_FILES = (
+    "worked-example.png",
+    "training-curves.png",
+    "feature-maps-2-3.png",
+    "learned-1x1-weights.png",
+    "cost-breakdown.png",
+)
+"""The files the tour writes into ``--out``."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -67,12 +75,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out",
         default="onebyone-demo",
-        help="new folder for the figures and summary.json (default ./onebyone-demo/)",
+        help="folder for the figures and summary.json, created if missing (default "
+        "./onebyone-demo/)",
     )
     p.add_argument(
         "--force",
         action="store_true",
-        help="write into an existing --out folder (files of the same names are replaced)",
+        help="replace the tour's files in --out (without it they are kept and the tour "
+        "does not start)",
     )
     p.add_argument("--no-figures", action="store_true", help="do not draw or save figures")
     p.add_argument(
@@ -543,17 +553,17 @@ def _summary(
     return json.dumps(summary, indent=2) + "\n"
 
 
-def _save(console: Console, target: Output, drawn: dict[str, Any], summary: str) -> None:
+def _save(console: Console, target: _files.Output, drawn: dict[str, Any], summary: str) -> None:
     """Write the figures and ``summary.json`` into ``target`` at once; print where."""
     from onebyone.explain.figures import save_figure
 
-    with target.staging() as folder:
+    with _files.staged([target]) as (folder,):
         for name, fig in drawn.items():
             save_figure(fig, folder / name)
-        (folder / "summary.json").write_text(summary)
+        (folder / SUMMARY_FILE).write_text(summary)
     for name in drawn:
         console.print(f"  {target.path / name}", highlight=False, soft_wrap=True)
-    console.print(f"  summary: {target.path / 'summary.json'}", highlight=False, soft_wrap=True)
+    console.print(f"  summary: {target.path / SUMMARY_FILE}", highlight=False, soft_wrap=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -564,7 +574,8 @@ def run(args: argparse.Namespace) -> int:
         args.epochs if args.epochs is not None else (QUICK_EPOCHS if args.quick else EPOCHS),
     )
     _processes(args)  # a bad --nproc-per-node stops the tour before it starts
-    target = output_folder("--out", args.out, force=args.force)  # checked before the tour
+    names = [SUMMARY_FILE, *([] if args.no_figures else FIGURE_FILES)]
+    target = _files.output_folder("--out", args.out, names, force=args.force)  # before the tour
     _optional.require("sklearn.datasets", "onebyone demo (its digits data set)")
     if not args.no_figures:
         _optional.require("matplotlib.figure", "onebyone demo's figures (or --no-figures)")

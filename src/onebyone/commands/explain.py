@@ -1,9 +1,10 @@
 """``onebyone explain [TOPIC] [--save-figures DIR] [--html DIR]``: the seeds' examples, computed.
 
-``--save-figures DIR`` follows ``commands._output``'s rule: a new folder (or
-``--force`` to write into an existing one), checked before any work, written
-through a temporary folder once every figure is drawn. ``--html DIR`` writes the
-explorer page (``onebyone.explain.write_explorer``).
+``--save-figures DIR`` and ``--html DIR`` (the explorer page,
+``onebyone.explain.write_explorer``) follow ``onebyone._files``' rule: checked
+before any work (DIR may exist; files in it of the names written are kept
+unless ``--force``), written together once every figure is drawn, or not at
+all.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ from rich.columns import Columns
 from rich.console import Console
 from rich.table import Table
 
-from onebyone import _optional
-from onebyone.commands._output import output_folder
+from onebyone import _checks, _files, _optional
 from onebyone.explain import (
     SEED_KERNEL,
     TOPICS,
@@ -31,7 +31,7 @@ from onebyone.explain import (
     get_topic,
     save_topic_figure,
 )
-from onebyone.explain.explorer import write_explorer
+from onebyone.explain.explorer import DATA_FILE, PAGE_FILES, PAGE_MODES, write_explorer
 from onebyone.explain.fusion import SEED_CLAIM_PIXEL
 
 __all__ = ["RENDERERS", "register", "render_worked_example", "run"]
@@ -51,13 +51,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--save-figures",
         metavar="DIR",
         default=None,
-        help="write one PNG per topic shown (all topics when TOPIC is omitted) into the new "
-        "folder DIR (needs pip install 'onebyone[explain]')",
+        help="write one PNG per topic shown (all topics when TOPIC is omitted), named after "
+        "the topic, into DIR (created if missing) (needs pip install 'onebyone[explain]')",
     )
     p.add_argument(
         "--force",
         action="store_true",
-        help="write into an existing DIR (figures of the same names are replaced)",
+        help="replace files of the same names in DIR (without it they are kept and the "
+        "command stops before any work)",
     )
     p.add_argument(
         "--html",
@@ -316,36 +317,42 @@ def _list(console: Console) -> None:
 
 def run(args: argparse.Namespace) -> int:
     console = Console()
-    if args.html is not None:  # the output rule first: a new folder, or --force
-        output_folder("--html", args.html, force=args.force).check()
-        page = write_explorer(args.html)
-        print(page)
-        if args.topic is None and args.save_figures is None:
-            return 0
     if args.topic is None:
         names = list(TOPICS) if args.save_figures is not None else []
-        show = False
     else:
+        _checks.choice("TOPIC", args.topic, (*TOPICS, "all"))
         names = list(TOPICS) if args.topic == "all" else [get_topic(args.topic).name]
-        show = True
-    target = None
-    if args.save_figures is not None:  # checked before any work
-        target = output_folder("--save-figures", args.save_figures, force=args.force)
+    outputs = {}  # every output checked before any work
+    if args.html is not None:
+        outputs["html"] = _files.output_folder(
+            "--html", args.html, (*PAGE_FILES, DATA_FILE), force=args.force, modes=PAGE_MODES
+        )
+    if args.save_figures is not None:
+        outputs["figures"] = _files.output_folder(
+            "--save-figures", args.save_figures, [f"{name}.png" for name in names],
+            force=args.force,
+        )  # fmt: skip
         _optional.require("matplotlib.figure", "--save-figures")
-    if args.topic is None:
+    _files.check_all(list(outputs.values()))
+    if args.topic is None and (args.html is None or args.save_figures is not None):
         _list(console)
     results = {}
     for name in names:
         topic = TOPICS[name]
         results[name] = topic.compute()
-        if show:
+        if args.topic is not None:
             console.rule(f"[bold]{name}: {topic.summary}")
             RENDERERS[name](console, results[name])
-    if target is not None:
-        with target.staging() as folder:
-            files = [
-                save_topic_figure(name, result, folder).name for name, result in results.items()
-            ]
-        for file in files:
-            console.print(f"  figure: {target.path / file}", highlight=False, soft_wrap=True)
+    written = []
+    with _files.staged(list(outputs.values())) as temps:
+        for kind, temp in zip(outputs, temps, strict=True):
+            if kind == "html":
+                write_explorer(temp)
+                written.append(str(outputs[kind].path / "index.html"))
+            else:
+                for name, result in results.items():
+                    file = save_topic_figure(name, result, temp).name
+                    written.append(f"  figure: {outputs[kind].path / file}")
+    for line in written:
+        console.print(line, highlight=False, soft_wrap=True)
     return 0

@@ -4,9 +4,10 @@ Calls ``onebyone.optimize`` on a random input of the given shape and prints its
 report: how the model was captured, what the passes did, every candidate engine
 with its latency and measured error. ``--onnx FILE`` and ``--openvino DIR`` also
 write the optimised graph, ready for an existing serving engine. Both follow
-``commands._output``'s rule: checked before any work (``.onnx`` added when left
-out, an existing target kept unless ``--force``), written through a temporary
-and a rename only once the written graph ran and matched the original.
+``onebyone._files``' rule: checked before any work (``.onnx`` added when left
+out, existing files kept unless ``--force``), written through temporaries
+renamed into place together, only once every written graph ran and matched the
+original; a failure leaves neither.
 """
 
 from __future__ import annotations
@@ -18,18 +19,22 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from onebyone import _optional
+from onebyone import _files, _optional
 from onebyone.commands._common import (
     MODEL_FORMS,
+    REJECTIONS,
     load_weights,
     parse_input,
     parse_options,
+    rejected_input,
     resolve_model,
 )
-from onebyone.commands._output import output_file, output_folder
 from onebyone.deploy import ENGINES, PRECISIONS, OptimizeReport, optimize, save_onnx, save_openvino
 
 __all__ = ["register", "run"]
+
+IR_FILES = ("model.xml", "model.bin")
+"""What ``--openvino DIR`` writes into DIR."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -164,18 +169,26 @@ def _print_report(
 def run(args: argparse.Namespace) -> int:
     console = Console()
     shape = parse_input(args.input)
-    onnx_out = openvino_out = None
+    outputs = {}
     if args.onnx is not None:  # checked before any work; "" is refused, not ignored
-        onnx_out = output_file("--onnx", args.onnx, ".onnx", force=args.force)
+        outputs["onnx"] = _files.output_file("--onnx", args.onnx, ".onnx", force=args.force)
         _optional.require("onnxruntime", "--onnx")
     if args.openvino is not None:
-        openvino_out = output_folder("--openvino", args.openvino, force=args.force)
+        outputs["openvino"] = _files.output_folder(
+            "--openvino", args.openvino, IR_FILES, force=args.force
+        )
         _optional.require("openvino", "--openvino")
+    _files.check_all(list(outputs.values()))
     model = resolve_model(args.model, parse_options(args.option))
     if args.weights:
         _load(model, args.weights, args.model)
     model.eval()
     x = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed))
+    try:  # one run first: an input the model rejects is bad input, said in its terms
+        with torch.inference_mode():
+            model(x.clone())
+    except REJECTIONS as exc:
+        raise rejected_input(args.model, model, shape, exc) from None
     with console.status("optimizing") as status:
         _, report = optimize(
             model,
@@ -186,35 +199,29 @@ def run(args: argparse.Namespace) -> int:
             progress=lambda message: status.update(f"optimizing: {message}"),
         )
     _print_report(console, args.model, shape, report)
-    if (onnx_out or openvino_out) and report.program is None:
+    if outputs and report.program is None:
         failed = report.capture_attempts[-1][1] if report.capture_attempts else report.capture
         raise RuntimeError(
             f"no file written: --onnx and --openvino need a torch.export capture ({failed})"
         )
     tolerance = 1e-4 if args.tolerance is None else float(args.tolerance)
-    if onnx_out is not None:
-        with console.status("writing ONNX"), onnx_out.staging() as temp:
-            _, verified = save_onnx(report.program, (x,), temp, original=model,
-                                    tolerance=tolerance)  # fmt: skip
-        path = onnx_out.path
-        console.print(
-            f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, ONNX); ONNX Runtime vs the "
-            f"original: max rel error {verified.max_rel:.3g}",
-            highlight=False,
-            soft_wrap=True,
-        )
-    if openvino_out is not None:
-        with console.status("writing OpenVINO IR"), openvino_out.staging() as temp:
-            _, verified = save_openvino(report.program, (x,), temp / "ir", original=model,
+    lines = []
+    with console.status("writing the files"), _files.staged(list(outputs.values())) as temps:
+        for kind, temp in zip(outputs, temps, strict=True):
+            if kind == "onnx":
+                _, verified = save_onnx(report.program, (x,), temp, original=model,
                                         tolerance=tolerance)  # fmt: skip
-            for name in ("model.xml", "model.bin"):
-                (temp / "ir" / name).rename(temp / name)
-            (temp / "ir").rmdir()
-        xml = openvino_out.path / "model.xml"
-        console.print(
-            f"wrote {xml} and model.bin (OpenVINO IR, float32); OpenVINO vs the original: "
-            f"max rel error {verified.max_rel:.3g}",
-            highlight=False,
-            soft_wrap=True,
-        )
+                lines.append(
+                    f"wrote {outputs[kind].path} ({temp.stat().st_size / 1e6:.1f} MB, ONNX); "
+                    f"ONNX Runtime vs the original: max rel error {verified.max_rel:.3g}"
+                )
+            else:
+                _, verified = save_openvino(report.program, (x,), temp, original=model,
+                                            tolerance=tolerance)  # fmt: skip
+                lines.append(
+                    f"wrote {outputs[kind].path / IR_FILES[0]} and {IR_FILES[1]} (OpenVINO IR, "
+                    f"float32); OpenVINO vs the original: max rel error {verified.max_rel:.3g}"
+                )
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True)
     return 0

@@ -8,10 +8,7 @@ OpenVINO Model Server, Triton Inference Server).
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +16,12 @@ import torch
 from torch import nn
 from torch.export import ExportedProgram
 
+from onebyone import _files
 from onebyone.deploy.engines import onnxruntime as ort_engine
 from onebyone.deploy.engines import openvino as ov_engine
 from onebyone.transforms.verify import VerificationError, VerifyReport, check, compare, run_model
 
 __all__ = ["VerificationError", "save_onnx", "save_openvino"]
-
-
-def _replace(temp: Path, target: Path) -> None:
-    if target.is_dir() and not target.is_symlink():
-        old = target.with_name(f".{target.name}.old")
-        os.replace(target, old)
-        os.replace(temp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(temp, target)
 
 
 def _checked(
@@ -79,18 +67,7 @@ def save_onnx(
         data, threads=torch.get_num_threads(), **_spec(program, inputs)
     )
     verified = _checked(module, original, inputs, tolerance)
-    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    temp = Path(name)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        _replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        raise
+    _files.write_bytes(target, data)
     return target, verified
 
 
@@ -122,11 +99,7 @@ def save_openvino(
         model, precision="float32", threads=torch.get_num_threads(), **_spec(program, inputs)
     )
     verified = _checked(module, original, inputs, tolerance)
-    temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        ov.save_model(model, str(temp / "model.xml"), compress_to_fp16=False)
-        _replace(temp, target)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
+    _files.write_folder(
+        target, lambda temp: ov.save_model(model, str(temp / "model.xml"), compress_to_fp16=False)
+    )
     return target / "model.xml", verified

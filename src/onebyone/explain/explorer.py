@@ -18,8 +18,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -28,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from onebyone import _checks
+from onebyone import _checks, _files
 from onebyone.cost import CONVENTION, Cost, conv_cost
 from onebyone.explain.costs import bottleneck_comparison, reduction_examples
 from onebyone.explain.depth import depth_example
@@ -43,6 +41,7 @@ __all__ = [
     "GOOGLENET_3X3",
     "GOOGLENET_5X5",
     "PAGE_FILES",
+    "PAGE_MODES",
     "SEED_STATED_SIZE",
     "explorer_data",
     "model_profile",
@@ -55,6 +54,10 @@ PAGE_FILES: tuple[str, ...] = ("index.html", "style.css", "explorer.js")
 
 DATA_FILE = "data.js"
 """The generated script holding the library's numbers."""
+
+PAGE_MODES = (0o644, 0o755)
+"""``(file mode, folder mode)`` of the page, before the umask: it is meant to be served,
+so unlike every other output of onebyone it is readable by others."""
 
 DATA_GLOBAL = "ONEBYONE_DATA"
 """The global ``data.js`` sets (``window.ONEBYONE_DATA``)."""
@@ -340,18 +343,11 @@ def write_explorer(directory: str | Path, *, models: Sequence[str] = EXPLORER_MO
         raise _checks.invalid("directory", "a folder (or a path to create one)", str(target))
     script = _data_script(explorer_data(models))
     page = resources.files("onebyone.explain") / "page"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    staging.chmod(0o755)  # mkdtemp's 0o700 would carry over to a new folder
-    try:
+
+    def write(folder: Path) -> None:
         for name in PAGE_FILES:
-            (staging / name).write_bytes((page / name).read_bytes())
-        (staging / DATA_FILE).write_text(script, encoding="utf-8")
-        if not target.exists():
-            staging.rename(target)
-        else:
-            for name in (*PAGE_FILES, DATA_FILE):
-                os.replace(staging / name, target / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            (folder / name).write_bytes((page / name).read_bytes())
+        (folder / DATA_FILE).write_text(script, encoding="utf-8")
+
+    _files.write_folder(target, write, argument="directory", modes=PAGE_MODES)
     return target / "index.html"

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from onebyone import _checks, _optional
+from onebyone import _checks, _files, _optional
 from onebyone.explain.fusion import SEED_CLAIM_PIXEL
 
 if TYPE_CHECKING:
@@ -56,13 +56,14 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` as a PNG at ``path`` (parent folders are created); returns the path."""
+    """Write ``fig`` as a PNG at ``path`` (parent folders are created); returns the path.
+
+    Written by ``onebyone._files``' rule: whole or not at all, mode ``0o600``.
+    """
     out = Path(path)
     if out.suffix.lower() != ".png":
         raise _checks.invalid("path", "a file name ending in .png", str(path))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png", dpi=DPI)
-    return out
+    return _files.write_file(out, lambda temp: fig.savefig(temp, format="png", dpi=DPI))
 
 
 def _heatmap(

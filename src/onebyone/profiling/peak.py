@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from onebyone import _checks
+from onebyone import _checks, _files
 from onebyone.cost import Cost
 
 __all__ = [
@@ -210,13 +210,9 @@ def _write_cache(path: Path, key: str, peak: MachinePeak) -> bool:
     del entry["origin"]
     peaks[key] = entry
     text = json.dumps({"version": _CACHE_VERSION, "peaks": peaks}, indent=2)
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)  # readers see the old file or the new one, never half
-    except OSError as exc:
-        temporary.unlink(missing_ok=True)
+    try:  # readers see the old file or the new one, never half
+        _files.write_bytes(path, text.encode("utf-8"))
+    except (OSError, ValueError) as exc:
         warnings.warn(f"could not cache the measured peak in {path} ({exc})", stacklevel=3)
         return False
     return True
