@@ -233,6 +233,16 @@ def test_parallel_branches_become_one_convolution(
     assert count(program, [NORM]) == 0  # the identity's norm and the one after, folded
 
 
+def test_an_identity_branch_computed_by_a_convolution_is_still_the_identity() -> None:
+    # RepViT's first block: the block's input (its identity branch) is a convolution's output
+    torch.manual_seed(0)
+    block = Branches(8, [dict(kernel_size=3, padding=1, groups=8), dict(kernel_size=1, groups=8)],
+                     "plain", after=True)  # fmt: skip
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), block)
+    program, (_, merge) = _branch_case(model, torch.randn(2, 3, 10, 10))
+    assert count(program, CONVOLUTIONS) == 2 and count(program, [NORM]) == 0, merge
+
+
 class Mixer(nn.Module):
     """FastViT's RepMixer: ``x + gamma * (mixer(x) - norm(x))``, plus a constant term."""
 

@@ -645,6 +645,9 @@ def merge_branches(program: Program) -> PassReport:
         one = torch.ones((), dtype=torch.float64)
         terms = _terms(program, node, one, True)
         branches = [_branch(program, leaf, s) for leaf, s in terms if leaf is not None]
+        # a term that other branches read is their identity branch, whatever computed it
+        sources = {b.source for b in branches if b.source is not b.node}
+        branches = [_Branch(b.node, b.node, b.scale) if b.node in sources else b for b in branches]
         constant = sum((c for leaf, c in terms if leaf is None), torch.zeros(()).double())
         groups: dict[fx.Node, list[_Branch]] = {}
         for b in branches:
