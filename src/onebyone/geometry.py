@@ -19,6 +19,7 @@ __all__ = [
     "ConvGeometry",
     "conv_output_size",
     "geometry",
+    "is_pointwise",
     "pointwise_output_size",
     "same_padding",
 ]
@@ -203,3 +204,24 @@ def _geometry(
         out_width=pointwise_output_size(w, sw),
         batched=batched,
     )
+
+
+def is_pointwise(kernel_size: Any, padding: Any = 0) -> bool:
+    """Whether a convolution is a 1x1 (pointwise) one: every kernel extent 1, no padding.
+
+    Stride only subsamples the pixels a pointwise layer reads, and dilation spaces taps a
+    1x1 kernel does not have, so neither matters. Padding does: a padded 1x1 adds a
+    border of bias values. ``padding`` may be an int, a sequence or a string (``"valid"``
+    pads nothing; ``"same"`` pads nothing around a 1x1 kernel).
+
+    Example:
+        >>> is_pointwise((1, 1)), is_pointwise((3, 3)), is_pointwise(1, padding=(1, 1))
+        (True, False, False)
+    """
+    sizes = (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
+    if not sizes or any(int(k) != 1 for k in sizes):
+        return False
+    if isinstance(padding, str):
+        return padding in ("valid", "same")
+    pads = (padding,) if isinstance(padding, int) else tuple(padding)
+    return not any(int(p) for p in pads)

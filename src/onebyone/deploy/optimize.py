@@ -28,7 +28,7 @@ from onebyone.deploy.engines import onnxruntime as ort_engine
 from onebyone.deploy.engines import openvino as ov_engine
 from onebyone.deploy.engines import torch as torch_engine
 from onebyone.deploy.engines.base import StaticShapes
-from onebyone.deploy.passes import drop_whole_slices, fold_norms, merge_pointwise
+from onebyone.deploy.passes import drop_whole_slices, fold_norms, merge_branches, merge_pointwise
 from onebyone.deploy.program import Program
 from onebyone.deploy.report import Candidate, OptimizeReport
 from onebyone.transforms.fold import check_eval, check_model, fold_batchnorm
@@ -345,7 +345,8 @@ def optimize(
     exported = cap.program
     if exported is not None:
         program = Program(exported)
-        report.passes = [fold_norms(program), merge_pointwise(program), drop_whole_slices(program)]
+        report.passes = [fold_norms(program), merge_branches(program), merge_pointwise(program),
+                         drop_whole_slices(program)]  # fmt: skip
         program.finish()
         report.program = cap.program
         spec = _flat_spec(cap, inputs, model)

@@ -22,6 +22,13 @@ import torch
 from torch import fx
 
 from onebyone.deploy.program import Program
+from onebyone.geometry import is_pointwise
+from onebyone.transforms.branches import (
+    diagonal_kernel,
+    kernel_then_pointwise,
+    pointwise_then_kernel,
+    sum_branch_weights,
+)
 from onebyone.transforms.fold import batchnorm_affine
 from onebyone.transforms.merge import merge_pointwise_weights
 from onebyone.transforms.report import PassReport
@@ -31,6 +38,7 @@ __all__ = [
     "conv_call",
     "drop_whole_slices",
     "fold_norms",
+    "merge_branches",
     "merge_pointwise",
     "set_conv_parameters",
 ]
@@ -64,6 +72,7 @@ class ConvCall:
     linear: bool = False
     activation: str | None = None
     residual: fx.Node | None = None
+    kernel: tuple[int, ...] | None = None
 
     @property
     def spatial(self) -> int:
@@ -72,8 +81,9 @@ class ConvCall:
 
     @property
     def pointwise(self) -> bool:
-        """A 1x1 kernel, no padding: a per-pixel matrix product."""
-        return not self.linear and not isinstance(self.padding, str) and not any(self.padding)
+        """A 1x1 kernel, no padding: a per-pixel matrix product (any stride)."""
+        kernel = self.kernel
+        return not self.linear and kernel is not None and is_pointwise(kernel, self.padding)
 
     @property
     def plain(self) -> bool:
@@ -108,7 +118,7 @@ def conv_call(node: fx.Node) -> ConvCall | None:
         return ConvCall(
             node, x, w, b if isinstance(b, fx.Node) else None, _ints(stride, 2, 1), (0, 0),
             (1, 1), int(groups), activation=activation,  # type: ignore[arg-type]
-            residual=residual if isinstance(residual, fx.Node) else None,
+            residual=residual if isinstance(residual, fx.Node) else None, kernel=(1, 1),
         )  # fmt: skip
     if node.target not in CONVOLUTIONS or node.kwargs:
         return None
@@ -117,6 +127,7 @@ def conv_call(node: fx.Node) -> ConvCall | None:
         return None
     val = w.meta.get("val")
     n = (val.dim() - 2) if isinstance(val, torch.Tensor) else 2
+    kernel = tuple(int(k) for k in val.shape[2:]) if isinstance(val, torch.Tensor) else None
     b = args[2] if len(args) > 2 else None
     if node.target == aten.convolution.default:
         stride, padding, dilation, transposed, _, groups = args[3:9]
@@ -130,6 +141,7 @@ def conv_call(node: fx.Node) -> ConvCall | None:
     return ConvCall(
         node, x, w, b if isinstance(b, fx.Node) else None,
         _ints(stride, n, 1), _ints(padding, n, 0), _ints(dilation, n, 1), int(groups),  # type: ignore[arg-type]
+        kernel=kernel,
     )  # fmt: skip
 
 
@@ -209,35 +221,41 @@ def fold_norms(program: Program) -> PassReport:
     """
     report = PassReport("fold_norms")
     for norm in list(program.calls([NORM])):
-        x, weight, bias, mean, var, _momentum, eps = (list(norm.args) + [None] * 7)[:7]
-        where = norm.name
-        outs = list(norm.users)
-        result = next((u for u in outs if u.target is operator.getitem and u.args[1] == 0), None)
-        others = [u for u in outs if u is not result and u.users]
-        call, why = _foldable_layer(program, x)
-        stats = [program.value(t) if t is not None else None for t in (weight, bias, mean, var)]
-        if call is not None and (stats[2] is None or stats[3] is None):
-            call, why = None, "its running statistics are computed from the input"
-        if call is not None and (
-            (weight is not None and stats[0] is None) or (bias is not None and stats[1] is None)
-        ):
-            call, why = None, "its affine parameters are computed from the input"
-        if call is not None and (result is None or others):
-            call, why = None, "its saved statistics are read"
-        if call is not None and call.linear and len(program.shape(call.node) or ()) != 2:
-            call, why = None, "a linear layer's output is not (N, F): the norm acts on another dim"
-        if call is None:
-            report.skipped.append((where, why))
-            continue
-        mean_v, var_v = stats[2], stats[3]
-        assert mean_v is not None and var_v is not None  # checked above
-        scale, shift = batchnorm_affine(mean_v, var_v, float(eps), stats[0], stats[1])  # type: ignore[arg-type]
-        _fold(program, call, scale, shift)
-        assert result is not None
-        result.replace_all_uses_with(call.node)
-        report.applied.append(f"{call.node.name} <- {where}")
+        _fold_norm(program, norm, report)
+    program.graph.eliminate_dead_code()  # a folded norm no longer reads its layer
     _fold_affines(program, report)
     return report
+
+
+def _fold_norm(program: Program, norm: fx.Node, report: PassReport) -> None:
+    """Fold one inference-mode norm into the layer it reads, or say why not."""
+    x, weight, bias, mean, var, _momentum, eps = (list(norm.args) + [None] * 7)[:7]
+    where = norm.name
+    outs = list(norm.users)
+    result = next((u for u in outs if u.target is operator.getitem and u.args[1] == 0), None)
+    others = [u for u in outs if u is not result and u.users]
+    call, why = _foldable_layer(program, x)
+    stats = [program.value(t) if t is not None else None for t in (weight, bias, mean, var)]
+    if call is not None and (stats[2] is None or stats[3] is None):
+        call, why = None, "its running statistics are computed from the input"
+    if call is not None and (
+        (weight is not None and stats[0] is None) or (bias is not None and stats[1] is None)
+    ):
+        call, why = None, "its affine parameters are computed from the input"
+    if call is not None and (result is None or others):
+        call, why = None, "its saved statistics are read"
+    if call is not None and call.linear and len(program.shape(call.node) or ()) != 2:
+        call, why = None, "a linear layer's output is not (N, F): the norm acts on another dim"
+    if call is None:
+        report.skipped.append((where, why))
+        return
+    mean_v, var_v = stats[2], stats[3]
+    assert mean_v is not None and var_v is not None  # checked above
+    scale, shift = batchnorm_affine(mean_v, var_v, float(eps), stats[0], stats[1])  # type: ignore[arg-type]
+    _fold(program, call, scale, shift)
+    assert result is not None
+    result.replace_all_uses_with(call.node)
+    report.applied.append(f"{call.node.name} <- {where}")
 
 
 def _fold_affines(program: Program, report: PassReport) -> None:
@@ -281,63 +299,393 @@ def _fold_affines(program: Program, report: PassReport) -> None:
             report.applied.append(f"{node.name} <- per-channel {' '.join(absorbed)}")
 
 
-def _macs_per_pixel(c: int, m: int, k: int, stride_area: int) -> tuple[int, int]:
-    """Multiplies per output pixel of ``C -> M -> K`` apart and merged."""
-    return stride_area * m * c + k * m, k * c
+def _area(shape: tuple[Any, ...] | None) -> int | None:
+    """``H * W`` of an ``(N, C, H, W)`` shape, or ``None`` when a size is symbolic."""
+    if shape is None or len(shape) != 4 or not all(isinstance(d, int) for d in shape[2:]):
+        return None
+    return int(shape[2]) * int(shape[3])
+
+
+def _taps(call: ConvCall) -> int:
+    return int(torch.Size(call.kernel or (1, 1)).numel())
+
+
+def _chain_plan(program: Program, first: ConvCall, second: ConvCall) -> tuple[str, str]:
+    """How ``first -> second`` merges (``"pointwise"``, ``"kernel"``: a 1x1 then a k x k,
+    ``"pointwise_after"``: a k x k then a 1x1) and ``""``, or ``""`` and why not."""
+    if first.groups != 1 or second.groups != 1:
+        return "", "grouped"
+    if len(first.node.users) != 1:
+        return "", "the first layer's output has other readers"
+    if first.pointwise and second.pointwise:
+        kind = "pointwise"
+    elif second.pointwise:
+        kind = "pointwise_after"
+    else:
+        kind = "kernel"
+        if any(s != 1 for s in first.stride):
+            return "", "a strided 1x1 before a k x k convolution"
+        bias = program.value(first.bias) if first.bias is not None else None
+        if bias is not None and bool(bias.any()) and any(second.padding):
+            return "", "the 1x1's bias would reach the k x k's zero padding"
+    before, after = _area(program.shape(first.node)), _area(program.shape(second.node))
+    if before is None or after is None:
+        return "", "a symbolic image size"
+    w1, w2 = program.value(first.weight), program.value(second.weight)
+    assert w1 is not None and w2 is not None  # checked by the caller
+    c, m, k = int(w1.shape[1]), int(w1.shape[0]), int(w2.shape[0])
+    apart = before * m * c * _taps(first) + after * k * m * _taps(second)
+    merged = after * k * c * max(_taps(first), _taps(second))
+    if merged > apart:
+        return "", f"merged ({c}->{k}) costs more MACs than {c}->{m}->{k} ({merged} > {apart})"
+    return kind, ""
 
 
 def merge_pointwise(program: Program) -> PassReport:
-    """Merge a 1x1 convolution into the next when nothing sits between them and the merged
-    layer needs fewer multiplies: ``W2 (W1 x + b1) + b2 = (W2 W1) x + (W2 b1 + b2)``.
+    """Merge a 1x1 convolution into the convolution next to it (either side) when nothing
+    sits between them and the merged layer needs fewer multiplies.
+
+    ``W2 (W1 x + b1) + b2 = (W2 W1) x + (W2 b1 + b2)``, per kernel tap when one of
+    them is k x k (``onebyone.transforms.branches``). A 1x1 with a bias before a padded
+    k x k is left apart: the padding would read zeros where the chain reads the bias.
 
     Shape:
         Unchanged: the program computes the same function.
     """
     report = PassReport("merge_pointwise")
+    program.graph.eliminate_dead_code()  # a replaced node no longer counts as a reader
     for node in list(program.graph.nodes):
         second = conv_call(node)
-        if second is None or second.linear or second.spatial != 2 or not second.pointwise:
-            continue
-        if not second.plain:
+        if second is None or second.linear or second.spatial != 2 or not second.plain:
             continue
         first = conv_call(second.x)
-        if first is None or first.linear or first.spatial != 2 or not first.pointwise:
+        if first is None or first.linear or first.spatial != 2 or not first.plain:
             continue
-        if not first.plain:
+        if not (first.pointwise or second.pointwise) or isinstance(second.padding, str):
             continue
-        where = f"{first.node.name} -> {node.name}"
+        if isinstance(first.padding, str):
+            continue
         w1, w2 = program.value(first.weight), program.value(second.weight)
-        if w1 is None or w2 is None:
-            continue
-        if first.groups != 1 or second.groups != 1:
-            report.skipped.append((where, "grouped"))
-            continue
-        if any(d != 1 for d in first.dilation + second.dilation) or len(first.node.users) != 1:
-            report.skipped.append((where, "the first layer's output has other readers"))
-            continue
-        m, c = w1.shape[:2]
-        k = w2.shape[0]
-        apart, merged = _macs_per_pixel(c, m, k, second.stride[0] * second.stride[1])
-        if merged > apart:
-            report.skipped.append((where, f"merged ({c}->{k}) costs more than {c}->{m}->{k}"))
-            continue
         b1 = program.value(first.bias) if first.bias is not None else None
         b2 = program.value(second.bias) if second.bias is not None else None
+        if w1 is None or w2 is None:
+            continue
         if (first.bias is not None and b1 is None) or (second.bias is not None and b2 is None):
             continue
-        w, b = merge_pointwise_weights(w1, b1, w2, b2)
-        stride = [a * s for a, s in zip(first.stride, second.stride, strict=True)]
-        w_node = program.add_constant(w.reshape(k, c, 1, 1), f"{node.name}_merged")
+        where = f"{first.node.name} -> {node.name}"
+        kind, why = _chain_plan(program, first, second)
+        if not kind:
+            report.skipped.append((where, why))
+            continue
+        if kind == "kernel":
+            w, b = pointwise_then_kernel(w1, b1, w2, b2)
+            geometry = (second.stride, second.padding, second.dilation)
+        elif kind == "pointwise_after":
+            w, b = kernel_then_pointwise(w1, b1, w2, b2)
+            stride = [a * s for a, s in zip(first.stride, second.stride, strict=True)]
+            geometry = (tuple(stride), first.padding, first.dilation)
+        else:
+            w, b = merge_pointwise_weights(w1, b1, w2, b2)
+            w = w.reshape(w.shape[0], w.shape[1], 1, 1)  # (K, C) -> (K, C, 1, 1)
+            stride = [a * s for a, s in zip(first.stride, second.stride, strict=True)]
+            geometry = (tuple(stride), (0, 0), (1, 1))
+        w_node = program.add_constant(w, f"{node.name}_merged")
         b_node = None if b is None else program.add_constant(b, f"{node.name}_merged_bias")
         with program.graph.inserting_before(node):
             new = program.graph.call_function(
                 aten.convolution.default,
-                (first.x, w_node, b_node, stride, [0, 0], [1, 1], False, [0, 0], 1),
+                (first.x, w_node, b_node, *[list(g) for g in geometry], False, [0, 0], 1),
             )
-
         new.meta = dict(node.meta)
         node.replace_all_uses_with(new)
-        report.applied.append(where)
+        report.applied.append(f"{where} ({'x'.join(map(str, w.shape[2:]))})")
+    return report
+
+
+# norms that compute batch statistics (a model exported in training mode)
+_TRAINING_NORMS = (
+    aten._native_batch_norm_legit_functional.default,
+    aten._native_batch_norm_legit.default,
+    aten.native_batch_norm.default,
+    aten.batch_norm.default,
+)
+
+
+@dataclass
+class _Branch:
+    """One term ``scale * branch(source)`` of a sum: a convolution, an inference-mode
+    norm, or the identity (``call`` and ``norm`` both ``None``)."""
+
+    node: fx.Node
+    source: fx.Node
+    scale: torch.Tensor  # (K,) float64
+    call: ConvCall | None = None
+    norm: tuple[torch.Tensor, torch.Tensor] | None = None  # the norm's (scale, shift)
+    refused: str = ""
+
+
+def _constant_vector(program: Program, value: object, node: fx.Node) -> torch.Tensor | None:
+    """``value`` as a per-channel ``(K,)`` float64 constant for ``node``'s output (a
+    number, or a state tensor varying along channels only), else ``None``."""
+    shape = program.shape(node)
+    assert shape is not None  # checked by the caller
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return torch.full((int(shape[1]),), float(value), dtype=torch.float64)
+    if not isinstance(value, fx.Node) or _dtype(value) != _dtype(node):
+        return None
+    vector = _channel_vector(program.value(value), int(shape[1]), len(shape))
+    return None if vector is None else vector.detach().double()
+
+
+_Term = tuple[fx.Node | None, torch.Tensor]  # (node, factor), or (None, a constant term)
+
+
+def _tree_operands(program: Program, node: fx.Node) -> list[_Term] | None:
+    """``node`` as a linear combination of nodes of its own shape and constants:
+    ``a + alpha b``, ``a - alpha b`` (``b`` may be a per-channel constant), ``a * c``
+    with ``c`` a per-channel constant; else ``None``."""
+    if node.op != "call_function" or set(node.kwargs) - {"alpha"} or len(node.args) != 2:
+        return None
+    shape = program.shape(node)
+    if shape is None or len(shape) != 4:
+        return None
+
+    def term(v: object) -> fx.Node | None:
+        ok = isinstance(v, fx.Node) and str(program.shape(v)) == str(shape)
+        ok = ok and _dtype(v) == _dtype(node) and program.value(v) is None  # type: ignore[arg-type]
+        return v if ok else None  # type: ignore[return-value]
+
+    a, b = node.args
+    if node.target in (aten.add.Tensor, aten.sub.Tensor):
+        alpha = node.kwargs.get("alpha", 1)
+        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
+            return None
+        sign = (-1.0 if node.target == aten.sub.Tensor else 1.0) * float(alpha)
+        one = torch.ones(int(shape[1]), dtype=torch.float64)
+        out: list[_Term] = []
+        for v, factor in ((a, 1.0), (b, sign)):
+            if term(v) is not None:
+                out.append((term(v), one * factor))
+            elif (c := _constant_vector(program, v, node)) is not None:
+                out.append((None, c * factor))
+            else:
+                return None
+        return out if any(n is not None for n, _ in out) else None
+    if node.target == aten.mul.Tensor:
+        for v, other in ((a, b), (b, a)):
+            vector = _constant_vector(program, other, node)
+            if term(v) is not None and vector is not None:
+                return [(term(v), vector)]
+    return None
+
+
+def _absorbed(program: Program, node: fx.Node) -> bool:
+    """Whether ``node`` is an inner term of a larger sum (its one reader combines it)."""
+    user = _sole_user(node)
+    if user is None:
+        return False
+    operands = _tree_operands(program, user)
+    if operands is None or not any(a is node for a, _ in operands):
+        return False
+    return user.target != aten.mul.Tensor or _absorbed(program, user)
+
+
+def _terms(program: Program, node: fx.Node, scale: torch.Tensor, root: bool) -> list[_Term]:
+    """``node`` as ``sum scale_i * leaf_i + constants`` (a leaf: a node that is not a
+    combination; a constant term comes as ``(None, value)``)."""
+    operands = _tree_operands(program, node) if root or len(node.users) == 1 else None
+    if operands is None:
+        return [(node, scale)]
+    out: list[_Term] = []
+    for child, factor in operands:
+        if child is None:
+            out.append((None, scale * factor))
+        else:
+            out += _terms(program, child, scale * factor, False)
+    return out
+
+
+def _branch(program: Program, leaf: fx.Node, scale: torch.Tensor) -> _Branch:
+    """What ``leaf`` computes from which source."""
+    call = conv_call(leaf)
+    if call is not None and not call.linear and call.spatial == 2 and call.plain:
+        if program.value(call.weight) is None or isinstance(call.padding, str):
+            return _Branch(leaf, leaf, scale)
+        if call.bias is not None and program.value(call.bias) is None:
+            return _Branch(leaf, leaf, scale)
+        refused = "" if len(leaf.users) == 1 else f"{leaf.name}'s output is read elsewhere"
+        return _Branch(leaf, call.x, scale, call=call, refused=refused)
+    base = leaf.args[0] if leaf.target is operator.getitem and leaf.args[1] == 0 else None
+    if not isinstance(base, fx.Node) or not isinstance(base.args[0], fx.Node):
+        return _Branch(leaf, leaf, scale)
+    source = base.args[0]
+    if base.target in _TRAINING_NORMS:
+        return _Branch(leaf, source, scale, refused=f"{base.name} is a norm in training mode")
+    if base.target != NORM:
+        return _Branch(leaf, leaf, scale)
+    weight, bias, mean, var, _momentum, eps = (list(base.args[1:]) + [None] * 6)[:6]
+    values = [program.value(t) if t is not None else None for t in (weight, bias, mean, var)]
+    given = [t is not None for t in (weight, bias, mean, var)]
+    if any(g and v is None for g, v in zip(given, values, strict=True)) or values[2] is None:
+        return _Branch(leaf, leaf, scale)
+    affine = batchnorm_affine(values[2], values[3], float(eps), values[0], values[1])  # type: ignore[arg-type]
+    read = [u for u in base.users if u is not leaf and u.users]
+    refused = f"{leaf.name}'s output is read elsewhere" if len(leaf.users) != 1 or read else ""
+    return _Branch(leaf, source, scale, norm=affine, refused=refused)
+
+
+def _centre(call: ConvCall) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Per axis: the kernel extent and ``d (k - 1) - 2 p`` (twice the centre's offset)."""
+    kernel = call.kernel or (1, 1)
+    padding = tuple(int(p) for p in call.padding)
+    offsets = tuple(
+        d * (k - 1) - 2 * p for k, p, d in zip(kernel, padding, call.dilation, strict=True)
+    )
+    return kernel, offsets
+
+
+def _compatible(branches: list[_Branch]) -> str:
+    """Why these branches of one source cannot be one convolution, or ``""``."""
+    refused = next((b.refused for b in branches if b.refused), "")
+    if refused:
+        return refused
+    convs = [b.call for b in branches if b.call is not None]
+    if len({c.stride for c in convs}) > 1:
+        return "the branches differ in stride"
+    if len({c.groups for c in convs}) > 1:
+        return "the branches differ in groups"
+    dilations = {
+        d for c in convs for k, d in zip(c.kernel or (1, 1), c.dilation, strict=True) if k > 1
+    }
+    if len(dilations) > 1:
+        return "the branches differ in dilation"
+    centres = {_centre(c)[1] for c in convs}
+    if len(branches) > len(convs):
+        if any(s != 1 for s in convs[0].stride):
+            return "an identity branch beside a strided convolution"
+        centres.add((0, 0))
+    if len(centres) > 1:
+        return "the branches' kernels are not centred on the same pixel (padding)"
+    kernels = [c.kernel or (1, 1) for c in convs]
+    size = tuple(max(k[i] for k in kernels) for i in range(2))
+    if any((size[i] - k[i]) % 2 for k in kernels for i in range(2)):
+        return "the kernels differ by an odd size"
+    return ""
+
+
+def _merge_group(
+    program: Program, branches: list[_Branch], anchor: fx.Node, constant: torch.Tensor | None
+) -> fx.Node:
+    """One convolution node computing the sum of the (compatible) ``branches``, plus
+    ``constant`` (per channel) when given."""
+    convs = [b.call for b in branches if b.call is not None]
+    first = convs[0]
+    kernels = [c.kernel or (1, 1) for c in convs]
+    size = tuple(max(k[i] for k in kernels) for i in range(2))
+    dilation = next((c.dilation for c in convs if any(k > 1 for k in c.kernel or (1, 1))), (1, 1))
+    offsets = _centre(first)[1]
+    padding = [(d * (k - 1) - o) // 2 for k, d, o in zip(size, dilation, offsets, strict=True)]
+    first_weight = program.value(first.weight)
+    assert first_weight is not None  # checked by _branch
+    dtype, channels = first_weight.dtype, int(first_weight.shape[0])
+    weights: list[torch.Tensor] = []
+    biases: list[torch.Tensor | None] = []
+    for b in branches:
+        if b.call is not None:
+            weight = program.value(b.call.weight)
+            assert weight is not None  # checked by _branch
+            weights.append(weight.double())
+            biases.append(program.value(b.call.bias) if b.call.bias is not None else None)
+        else:  # a norm, or the identity
+            ones = torch.ones(channels, dtype=torch.float64)
+            factor, shift = b.norm if b.norm is not None else (ones, None)
+            weights.append(diagonal_kernel(factor.double(), first.groups))
+            biases.append(shift)
+    scales = [b.scale.expand(channels) if b.scale.dim() == 0 else b.scale for b in branches]
+    w, bias = sum_branch_weights(weights, biases, scales, size)
+    if constant is not None:
+        bias = bias + constant.to(bias.dtype)
+    w_node = program.add_constant(w.to(dtype), f"{first.node.name}_branches")
+    b_node = program.add_constant(bias.to(dtype), f"{first.node.name}_branches_bias")
+    with program.graph.inserting_before(anchor):
+        new = program.graph.call_function(
+            aten.convolution.default,
+            (first.x, w_node, b_node, list(first.stride), padding, list(dilation),
+             False, [0, 0], first.groups),
+        )  # fmt: skip
+    new.meta = dict(anchor.meta)
+    return new
+
+
+def merge_branches(program: Program) -> PassReport:
+    """Sum parallel branches into one convolution: convolutions, inference-mode norms
+    and the identity reading the same input, whose outputs are added (through chains
+    of ``add``/``sub`` and per-channel constant scales), become one convolution whose
+    kernel is the sum of theirs (smaller kernels zero-padded, centred; a norm or the
+    identity a diagonal kernel, grouped like the convolutions) and whose bias is the
+    sum of theirs. Norms and per-channel affines after the new convolution are then
+    folded into it. Run it after ``fold_norms``: each convolution's own norm is then
+    part of its weight.
+
+    Left apart, and named in the report: branches that differ in stride, groups or
+    dilation, whose kernels are not centred on the same pixel, a norm in training
+    mode, a branch whose output is read elsewhere.
+
+    Shape:
+        Unchanged: the program computes the same function.
+    """
+    report = PassReport("merge_branches")
+    program.graph.eliminate_dead_code()  # a replaced node no longer counts as a reader
+    merged: list[fx.Node] = []
+    for node in list(program.graph.nodes):
+        if not node.users or node.target not in (aten.add.Tensor, aten.sub.Tensor):
+            continue
+        if _tree_operands(program, node) is None or _absorbed(program, node):
+            continue
+        one = torch.ones((), dtype=torch.float64)
+        terms = _terms(program, node, one, True)
+        branches = [_branch(program, leaf, s) for leaf, s in terms if leaf is not None]
+        # a term that other branches read is their identity branch, whatever computed it
+        sources = {b.source for b in branches if b.source is not b.node}
+        branches = [_Branch(b.node, b.node, b.scale) if b.node in sources else b for b in branches]
+        constant = sum((c for leaf, c in terms if leaf is None), torch.zeros(()).double())
+        groups: dict[fx.Node, list[_Branch]] = {}
+        for b in branches:
+            groups.setdefault(b.source, []).append(b)
+        done: dict[fx.Node, fx.Node] = {}
+        for source, group in groups.items():
+            if len(group) < 2 or not any(b.call is not None for b in group):
+                continue
+            where = " + ".join(b.node.name for b in group)
+            why = _compatible(group)
+            if why:
+                report.skipped.append((where, why))
+                continue
+            done[source] = _merge_group(program, group, node, constant if not done else None)
+            report.applied.append(f"{where} -> {done[source].name}")
+        if not done:
+            continue
+        rest = [b for b in branches if b.source not in done]
+        if any(not bool((b.scale == 1).all()) for b in rest):
+            report.skipped.append((node.name, "other terms of the sum are scaled"))
+            continue  # the new convolutions have no readers and are dropped
+        value = None
+        with program.graph.inserting_before(node):
+            for term in [*done.values(), *(b.node for b in rest)]:
+                if value is None:
+                    value = term
+                    continue
+                value = program.graph.call_function(aten.add.Tensor, (value, term))
+                value.meta = dict(node.meta)
+        assert value is not None
+        node.replace_all_uses_with(value)
+        merged += done.values()
+    program.graph.eliminate_dead_code()  # the merged branches no longer read anything
+    for norm in list(program.calls([NORM])):
+        if norm.args[0] in merged:
+            _fold_norm(program, norm, report)
+    program.graph.eliminate_dead_code()
+    _fold_affines(program, report)
     return report
 
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from onebyone import _checks, activations
 from onebyone.functional import _FLOAT_DTYPES, conv1x1
-from onebyone.geometry import same_padding
+from onebyone.geometry import is_pointwise, same_padding
 
 __all__ = ["NORMS", "Conv1x1", "ConvNormAct", "activation_module", "norm_module"]
 
@@ -140,7 +140,7 @@ class Conv1x1(nn.Module):
         """A ``Conv1x1`` computing the same as a 1x1 ``nn.Conv2d`` (parameters copied)."""
         if not isinstance(module, nn.Conv2d):
             raise _checks.invalid("module", "an nn.Conv2d", type(module).__name__, kind=TypeError)
-        if tuple(module.kernel_size) != (1, 1):
+        if not is_pointwise(module.kernel_size):
             raise _checks.invalid("module", "an nn.Conv2d with kernel_size=(1, 1)", module)
         if tuple(module.padding) != (0, 0) or not isinstance(module.padding, tuple):
             raise _checks.invalid("module", "an nn.Conv2d with padding=0", module)

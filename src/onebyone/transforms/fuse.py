@@ -22,6 +22,7 @@ from typing import Any, Literal, overload
 
 from torch import fx, nn
 
+from onebyone.geometry import is_pointwise
 from onebyone.nn.conv import Conv1x1
 from onebyone.transforms._fx import (
     activation_of,
@@ -46,8 +47,7 @@ def _is_1x1(m: nn.Module) -> bool:
         return True
     return (
         type(m) is nn.Conv2d
-        and tuple(m.kernel_size) == (1, 1)
-        and m.padding == (0, 0)
+        and is_pointwise(m.kernel_size, m.padding)
         and m.padding_mode == "zeros"
     )
 

@@ -24,6 +24,7 @@ from typing import Any, Literal, cast, overload
 import torch
 from torch import fx, nn
 
+from onebyone.geometry import is_pointwise
 from onebyone.nn.conv import Conv1x1
 from onebyone.transforms._fx import (
     activation_of,
@@ -97,7 +98,7 @@ def _pointwise(module: Any) -> str | None:
     if isinstance(module, Conv1x1):
         return "it is grouped" if module.groups != 1 else None
     if type(module) is nn.Conv2d:
-        if tuple(module.kernel_size) != (1, 1):
+        if not is_pointwise(module.kernel_size):
             return f"its kernel is {tuple(module.kernel_size)}, not 1x1"
         if module.padding != (0, 0):
             return "it pads its input (a padded 1x1 adds a border of bias)"
@@ -201,7 +202,7 @@ def _candidate(module: nn.Module | None) -> bool:
         return True
     if isinstance(module, Conv1x1):
         return True
-    return type(module) is nn.Conv2d and tuple(module.kernel_size) == (1, 1)
+    return type(module) is nn.Conv2d and is_pointwise(module.kernel_size)
 
 
 def _merge_sequentials(root: nn.Module, only_if_cheaper: bool, report: PassReport) -> None:
