@@ -155,6 +155,14 @@ def _print_report(
             f"max rel error vs original: {report.verify.max_rel:.3g} on the example"
             + ("" if other is None else f", {other.max_rel:.3g} on another batch size")
         )
+    if not report.exercised:
+        console.print(
+            "[bold yellow]warning:[/] the checks prove nothing: the model's outputs agree "
+            "within the tolerance on different inputs, so the result is not verified "
+            "(check it on real data)"
+        )
+    if report.serves:
+        console.print(f"serves {report.serves}; other inputs run the original model")
     if report.peak_rss_mb is not None:
         console.print(f"peak memory (RSS): {report.peak_rss_mb:.0f} MB")
     for note in report.notes:
@@ -192,10 +200,13 @@ def run(args: argparse.Namespace) -> int:
             f"no file written: --onnx and --openvino need a torch.export capture ({failed})"
         )
     tolerance = 1e-4 if args.tolerance is None else float(args.tolerance)
+    # the IR computes as the kept OpenVINO candidate did; float32 otherwise
+    ir_precision = report.precision if report.engine == "openvino" else "float32"
+    ir_tolerance = report.tolerance if ir_precision != "float32" else tolerance
     if onnx_out is not None:
         with console.status("writing ONNX"), onnx_out.staging() as temp:
             _, verified = save_onnx(report.program, (x,), temp, original=model,
-                                    tolerance=tolerance)  # fmt: skip
+                                    tolerance=tolerance, call=report.call_spec)  # fmt: skip
         path = onnx_out.path
         console.print(
             f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, ONNX); ONNX Runtime vs the "
@@ -206,13 +217,15 @@ def run(args: argparse.Namespace) -> int:
     if openvino_out is not None:
         with console.status("writing OpenVINO IR"), openvino_out.staging() as temp:
             _, verified = save_openvino(report.program, (x,), temp / "ir", original=model,
-                                        tolerance=tolerance)  # fmt: skip
+                                        tolerance=ir_tolerance, precision=ir_precision,
+                                        call=report.call_spec)  # fmt: skip
             for name in ("model.xml", "model.bin"):
                 (temp / "ir" / name).rename(temp / name)
             (temp / "ir").rmdir()
         xml = openvino_out.path / "model.xml"
         console.print(
-            f"wrote {xml} and model.bin (OpenVINO IR, float32); OpenVINO vs the original: "
+            f"wrote {xml} and model.bin (OpenVINO IR, {ir_precision}, recorded in its "
+            "runtime options); OpenVINO vs the original: "
             f"max rel error {verified.max_rel:.3g}",
             highlight=False,
             soft_wrap=True,
