@@ -160,6 +160,14 @@ def _print_report(
             f"max rel error vs original: {report.verify.max_rel:.3g} on the example"
             + ("" if other is None else f", {other.max_rel:.3g} on another batch size")
         )
+    if not report.exercised:
+        console.print(
+            "[bold yellow]warning:[/] the checks prove nothing: the model's outputs agree "
+            "within the tolerance on different inputs, so the result is not verified "
+            "(check it on real data)"
+        )
+    if report.serves:
+        console.print(f"serves {report.serves}; other inputs run the original model")
     if report.peak_rss_mb is not None:
         console.print(f"peak memory (RSS): {report.peak_rss_mb:.0f} MB")
     for note in report.notes:
@@ -205,22 +213,27 @@ def run(args: argparse.Namespace) -> int:
             f"no file written: --onnx and --openvino need a torch.export capture ({failed})"
         )
     tolerance = 1e-4 if args.tolerance is None else float(args.tolerance)
+    # the IR computes as the kept OpenVINO candidate did; float32 otherwise
+    ir_precision = report.precision if report.engine == "openvino" else "float32"
+    ir_tolerance = report.tolerance if ir_precision != "float32" else tolerance
     lines = []
     with console.status("writing the files"), _files.staged(list(outputs.values())) as temps:
         for kind, temp in zip(outputs, temps, strict=True):
             if kind == "onnx":
                 _, verified = save_onnx(report.program, (x,), temp, original=model,
-                                        tolerance=tolerance)  # fmt: skip
+                                        tolerance=tolerance, call=report.call_spec)  # fmt: skip
                 lines.append(
                     f"wrote {outputs[kind].path} ({temp.stat().st_size / 1e6:.1f} MB, ONNX); "
                     f"ONNX Runtime vs the original: max rel error {verified.max_rel:.3g}"
                 )
             else:
                 _, verified = save_openvino(report.program, (x,), temp, original=model,
-                                            tolerance=tolerance)  # fmt: skip
+                                            tolerance=ir_tolerance, precision=ir_precision,
+                                            call=report.call_spec)  # fmt: skip
                 lines.append(
                     f"wrote {outputs[kind].path / IR_FILES[0]} and {IR_FILES[1]} (OpenVINO IR, "
-                    f"float32); OpenVINO vs the original: max rel error {verified.max_rel:.3g}"
+                    f"{ir_precision}, recorded in its runtime options); OpenVINO vs the "
+                    f"original: max rel error {verified.max_rel:.3g}"
                 )
     for line in lines:
         console.print(line, highlight=False, soft_wrap=True)

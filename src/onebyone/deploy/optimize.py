@@ -21,23 +21,25 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.export import ExportedProgram
 
 from onebyone import _checks
-from onebyone.deploy.capture import capture, describe, one_line
+from onebyone.deploy.capture import capture, one_line
 from onebyone.deploy.engines import onnxruntime as ort_engine
 from onebyone.deploy.engines import openvino as ov_engine
 from onebyone.deploy.engines import torch as torch_engine
-from onebyone.deploy.engines.base import StaticShapes
+from onebyone.deploy.example import Check, Example, output_scale, run_reference
 from onebyone.deploy.passes import drop_whole_slices, fold_norms, merge_branches, merge_pointwise
 from onebyone.deploy.program import Program
 from onebyone.deploy.report import Candidate, OptimizeReport
+from onebyone.deploy.served import Served, freeze
+from onebyone.deploy.signature import dim_name
 from onebyone.transforms.fold import check_eval, check_model, fold_batchnorm
 from onebyone.transforms.fuse import fuse_epilogues
 from onebyone.transforms.layout import to_channels_last
 from onebyone.transforms.verify import (
     VerificationError,
     VerifyReport,
-    as_inputs,
     compare,
     flatten_outputs,
     run_model,
@@ -85,30 +87,18 @@ def _precisions(engine: str) -> tuple[str, ...]:
     return ort_engine.PRECISIONS
 
 
-def _check_inputs(model: nn.Module, inputs: Sequence[torch.Tensor]) -> None:
+def _check_model_dtype(model: nn.Module, precision: str) -> None:
     param = next(iter(model.parameters()), None)
-    if param is not None and param.dtype != torch.float32:
-        raise TypeError(
-            "Invalid value for argument `model`. Expected float32 parameters (pass "
-            "precision='bfloat16' to compute in bfloat16). Received parameters of dtype "
-            f"{param.dtype}."
-        )
-    for t in inputs:
-        if t.device.type != "cpu":
-            raise ValueError(
-                "Invalid value for argument `example_input`. Expected CPU tensors (optimize "
-                f"targets CPU inference). Received a tensor on {t.device}."
-            )
-        if t.layout != torch.strided:
-            raise TypeError(
-                "Invalid value for argument `example_input`. Expected dense tensors. "
-                f"Received a tensor with layout {t.layout}."
-            )
-        if t.is_floating_point() and t.dtype != torch.float32:
-            raise TypeError(
-                "Invalid value for argument `example_input`. Expected float32 tensors (the "
-                f"model's dtype). Received a tensor of dtype {t.dtype}."
-            )
+    if param is None or param.dtype == torch.float32:
+        return
+    if param.dtype == torch.bfloat16 and precision == "bfloat16":
+        advice = "optimize casts a float32 model itself: pass model.float()"
+    else:
+        advice = "pass model.float(), with precision='bfloat16' to compute in bfloat16"
+    raise TypeError(
+        f"Invalid value for argument `model`. Expected float32 parameters ({advice}). "
+        f"Received parameters of dtype {param.dtype}."
+    )
 
 
 def _expected_shape(model: nn.Module) -> str:
@@ -124,39 +114,6 @@ def _expected_shape(model: nn.Module) -> str:
         if isinstance(m, nn.Linear):
             return f"(N, {m.in_features})"
     return "an input the model accepts"
-
-
-def _run_reference(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> object:
-    try:
-        return run_model(model, inputs, "original")
-    except ValueError as exc:
-        cause = exc.__cause__ if exc.__cause__ is not None else exc
-        raise ValueError(
-            "Invalid value for argument `example_input`. Expected "
-            f"{_expected_shape(model)}. Received {describe(inputs)}; the model raised "
-            f"{one_line(cause)}"
-        ) from exc
-
-
-def _other_batch(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | None:
-    """A second input with one more row in the batch dimension (new random rows with the
-    example's mean and spread; integer inputs repeat the example's rows)."""
-    first = next((t for t in inputs if t.dim() >= 1), None)
-    if first is None:
-        return None
-    n = first.shape[0]
-    generator = torch.Generator().manual_seed(1)
-    out = []
-    for t in inputs:
-        if t.dim() == 0 or t.shape[0] != n:
-            out.append(t)
-        elif t.is_floating_point():
-            mean, std = float(t.float().mean()), float(t.float().std()) if t.numel() > 1 else 1.0
-            noise = torch.randn((n + 1, *t.shape[1:]), generator=generator, dtype=t.dtype)
-            out.append(noise * (std or 1.0) + mean)
-        else:
-            out.append(t[torch.arange(n + 1) % n])
-    return tuple(out)
 
 
 def _top1(reference: object, candidate: object) -> tuple[int, int] | None:
@@ -204,18 +161,21 @@ def _time_side_by_side(
 
 
 def _verify(
-    candidate: Candidate,
-    module: nn.Module,
-    checks: list[tuple[tuple[torch.Tensor, ...], object]],
-    tolerance: float,
+    candidate: Candidate, module: nn.Module, checks: list[Check], tolerance: float
 ) -> list[VerifyReport]:
-    """Run ``module`` on every check input and compare with the reference outputs."""
+    """Run ``module`` on every check input and compare with the reference outputs.
+
+    An output passes when ``max |c - r| <= tolerance * max |r| + floor``, the floor
+    being ``tolerance * 1e-3`` of the largest output of the check (it scales with
+    the outputs: a model whose outputs are all ~1e-9 gets no free pass).
+    """
     reports: list[VerifyReport] = []
     agree = rows = 0
-    for inputs, reference in checks:
-        output = run_model(module, inputs, f"optimised ({candidate.name})")
-        reports.append(compare(reference, output, rtol=tolerance, atol=tolerance * 1e-2))
-        top1 = _top1(reference, output)
+    for check in checks:
+        output = run_model(module, check.inputs, f"optimised ({candidate.name})")
+        floor = tolerance * 1e-3 * output_scale(check.reference)
+        reports.append(compare(check.reference, output, rtol=tolerance, atol=floor))
+        top1 = _top1(check.reference, output)
         if top1 is not None:
             agree, rows = agree + top1[0], rows + top1[1]
     candidate.max_rel_error = max(r.max_rel for r in reports)
@@ -246,6 +206,7 @@ def optimize(
     precision: str = "float32",
     tolerance: float | None = None,
     engine: str = "auto",
+    dynamic: Sequence[Any] | None = None,
     measure: bool = True,
     progress: Progress | None = None,
 ) -> tuple[nn.Module, OptimizeReport]:
@@ -253,9 +214,12 @@ def optimize(
 
     Args:
         model: a float32 model in eval mode (any ``nn.Module``: timm, torchvision, your
-            own); it is not modified.
+            own). It is never run: ``optimize`` works on a deep copy, so its parameters,
+            its buffers (even ones its forward updates) and its Python state stay as
+            they were.
         example_input: a tensor or tuple of tensors the model takes (CPU, float32 for
-            floating inputs). Cloned once; the caller's tensors are never written.
+            floating inputs, a batch of one or more). Cloned once; the caller's tensors
+            are never written.
         precision: ``"float32"`` (exact within float32 rounding: relative error at most
             ``1e-4``) or ``"bfloat16"`` (the engines' bfloat16 paths, where this CPU has
             them; lossy by choice, its error is measured and reported).
@@ -265,9 +229,12 @@ def optimize(
             the fastest within it wins; with ``engine="auto"``, float32 candidates are
             also built, held to float32's bound, when no bfloat16 one meets the tolerance
             (the report says so).
-        engine: ``"auto"`` (every installed engine, the fastest verified one, the original
-            model when nothing beats it), or ``"torch"``, ``"onnxruntime"``,
-            ``"openvino"`` (only that engine is built).
+        engine: ``"auto"`` (every installed engine, the fastest verified one, a frozen
+            copy of the original model when nothing beats it), or ``"torch"``,
+            ``"onnxruntime"``, ``"openvino"`` (only that engine is built).
+        dynamic: dimensions besides the batch to serve at any size: names for every 4-D
+            input (``("height", "width")``), or one sequence of dimension indices or
+            names per input. Each is verified at a second size.
         measure: time the original and the result side by side (``auto`` always times
             its candidates).
         progress: called with a short message at each step (``onebyone optimize`` shows
@@ -275,14 +242,17 @@ def optimize(
 
     Returns:
         ``(optimised model, OptimizeReport)``: the model is an ``nn.Module`` called like
-        the original; it accepts any batch size when the capture kept the batch dynamic
-        (the report says so). It is frozen: it owns copies of the weights, so changing
-        the original later does not change it (optimise again).
+        the original (positional or keyword arguments). It serves exactly the inputs its
+        capture proved (``report.serves``: the batch sizes and the dimensions export kept
+        dynamic, in their ranges, every other dimension as in the example); any other
+        input runs a frozen copy of the original model (with a warning once per new
+        shape). It is frozen: it owns its weights on every engine, so changing the
+        original later does not change it (optimise again).
 
     Raises:
         ValueError: ``model`` in training mode, an input the model rejects (the message
-            names the shape it expects), an unknown precision or engine, bfloat16 where
-            this CPU has no native bfloat16.
+            names the shape it expects), an empty batch, an unknown precision or engine,
+            bfloat16 where no engine computes it natively here.
         TypeError: wrong argument types, a non-float32 model or input.
         EngineUnavailableError: an explicit engine that is not installed (the message
             names the pip extra) or cannot run this model (the message says why).
@@ -301,7 +271,6 @@ def optimize(
         (1, True)
     """
     start = time.perf_counter()
-    say = progress or (lambda message: None)
     check_model(model)
     check_eval(model)
     _checks.choice("precision", precision, PRECISIONS)
@@ -309,70 +278,75 @@ def optimize(
     tolerance = _check_tolerance(tolerance)
     if not isinstance(measure, bool):
         raise _checks.invalid("measure", "True or False", measure, kind=TypeError)
-    inputs = tuple(t.detach().clone() for t in as_inputs(example_input))
-    _check_inputs(model, inputs)
+    if progress is not None and not callable(progress):
+        raise _checks.invalid("progress", "None or a callable taking a message", progress,
+                              kind=TypeError)  # fmt: skip
+    say = progress or (lambda message: None)
+    _check_model_dtype(model, precision)
+    example = Example.of(example_input, dynamic)
+    inputs = example.inputs
     engines = ["torch", "onnxruntime", "openvino"] if engine == "auto" else [engine]
     if engine != "auto" and (why := _available(engine)) is not None:
         raise EngineUnavailableError(f"engine={engine!r} cannot run here: {why}")
     precisions = (
         [precision] if tolerance is None or precision == "float32" else ["float32", precision]
     )
-    if "bfloat16" in precisions and not any(
-        "bfloat16" in _precisions(e) for e in engines if _available(e) is None
-    ):
-        raise ValueError(
-            "Invalid value for argument `precision`. Expected a precision this CPU computes "
-            "natively (neither oneDNN nor OpenVINO reports bfloat16 here). Received "
-            "precision='bfloat16'."
-        )
+    if "bfloat16" in precisions:
+        _check_bfloat16(engines)
     limit = DEFAULT_TOLERANCES[precision] if tolerance is None else tolerance
 
+    # the caller's model is never run: a copy serves the checks, the capture and the
+    # calls the capture did not prove
+    work = freeze(copy.deepcopy(model))
     report = OptimizeReport(engine=engine, precision=precision, tolerance=limit)
     say("running the original model")
-    checks = [(inputs, _run_reference(model, inputs))]
-    other = _other_batch(inputs)
-    if other is not None:
-        try:
-            checks.append((other, run_model(model, other, "original")))
-        except ValueError as exc:
-            report.notes.append(f"the original model rejects batch {describe(other)}: {exc}")
+    example.build_checks(run_reference(work, _expected_shape(model)), limit)
+    report.exercised = example.exercised
+    report.notes += example.notes
 
     say("capturing with torch.export")
-    cap = capture(model, inputs)
+    cap = capture(work, inputs, example.dynamic)
     report.capture, report.capture_attempts = cap.how, cap.attempts
     report.dynamic_batch = cap.dynamic_batch
     builders: dict[str, Callable[[str], nn.Module]] = {}
-    exported = cap.program
-    if exported is not None:
+    exported, spec = cap.program, cap.spec
+    if exported is not None and spec is not None:
         program = Program(exported)
         report.passes = [fold_norms(program), merge_branches(program), merge_pointwise(program),
                          drop_whole_slices(program)]  # fmt: skip
         program.finish()
-        report.program = cap.program
-        spec = _flat_spec(cap, inputs, model)
+        report.program, report.call_spec = exported, spec
+        report.serves = spec.describe()
+        for index, dim in example.dynamic_dims():
+            if isinstance(spec.dims[index][dim], int):
+                report.notes.append(
+                    f"export kept {dim_name(inputs[index].dim(), dim)} of input {index} "
+                    "static: other sizes run the original model"
+                )
+        flat = {"in_spec": spec.in_spec, "out_spec": spec.out_spec, "input_dtypes": spec.dtypes}
 
-        def torch_builder(p: str) -> nn.Module:
-            module = torch_engine.torch_module(exported, inputs, precision=p)
-            if cap.dynamic_batch:
-                return module
-            return StaticShapes(module, [tuple(t.shape) for t in inputs], spec["fallback"])
+        def served(module: nn.Module) -> nn.Module:
+            return Served(module, spec, work)
 
         builders = {
-            "torch": torch_builder,
-            "onnxruntime": lambda p: ort_engine.onnxruntime_module(
-                exported,
-                _traced_inputs(cap, inputs),
-                precision=p,
-                spec=spec,
-                example=inputs if cap.dynamic_batch else (),
+            "torch": lambda p: served(torch_engine.torch_module(exported, inputs, precision=p)),
+            "onnxruntime": lambda p: served(
+                ort_engine.onnxruntime_module(
+                    exported,
+                    _traced_inputs(exported, inputs),
+                    precision=p,
+                    spec=flat,
+                    call=spec,
+                    example=inputs,
+                )
             ),
-            "openvino": lambda p: ov_engine.openvino_module(
-                exported, inputs, precision=p, spec=spec
+            "openvino": lambda p: served(
+                ov_engine.openvino_module(exported, inputs, precision=p, spec=flat, call=spec)
             ),
         }
     else:
         say("torch.export failed: module-level transforms")
-        folded, fold_report = fold_batchnorm(model, inputs, with_report=True)
+        folded, fold_report = fold_batchnorm(work, inputs, with_report=True)
         fused, fuse_report = fuse_epilogues(folded, with_report=True)
         report.capture = "torch.fx" if fold_report.traced else "eager"
         report.passes = [fold_report, fuse_report]
@@ -391,7 +365,8 @@ def optimize(
                 if module is not None:
                     say(f"checking {candidate.name}")
                     try:
-                        verified[candidate.name] = _verify(candidate, module, checks, limit)
+                        verified[candidate.name] = _verify(candidate, module, example.checks,
+                                                           limit)  # fmt: skip
                     except (VerificationError, ValueError) as exc:
                         candidate.why = one_line(exc)
                 if candidate.ok and module is not None:
@@ -417,7 +392,7 @@ def optimize(
     original = Candidate("original", "float32", max_rel_error=0.0, max_abs_error=0.0, ok=True)
     timed: dict[str, nn.Module] = dict(candidates)
     if engine == "auto" or measure:
-        timed["original/float32"] = model
+        timed["original/float32"] = work
         report.candidates.append(original)
     chosen_name = next(iter(candidates), "original/float32")
     if len(timed) > 1:
@@ -432,20 +407,48 @@ def optimize(
             report.latency_after_ms = latencies[chosen_name]
     chosen_engine, _, chosen_precision = chosen_name.partition("/")
     report.engine, report.precision = chosen_engine, chosen_precision
-    result = model if chosen_name == "original/float32" else candidates[chosen_name]
+    result = work if chosen_name == "original/float32" else candidates[chosen_name]
     if chosen_name == "original/float32":
         report.notes.append(
-            "no candidate was faster than the original model on the example: it is returned"
+            "no candidate was faster than the original model on the example: a frozen copy "
+            "of it is returned"
         )
     else:
         chosen_checks = verified[chosen_name]
         report.verify = chosen_checks[0]
         report.verify_other = chosen_checks[1] if len(chosen_checks) > 1 else None
+    if not report.exercised:
+        for c in report.candidates:
+            if c.ok and c.engine != "original":
+                c.why = "not verified: the checks cannot tell inputs apart"
     if not cap.dynamic_batch:
-        report.notes.append("the model fixes its batch size: other shapes run the original model")
+        report.notes.append(
+            "the capture fixes the batch size: other batch sizes run the original model"
+        )
     report.prepare_s = time.perf_counter() - start
     report.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result, report
+
+
+def _check_bfloat16(engines: list[str]) -> None:
+    """Refuse bfloat16 when none of ``engines`` computes it natively here, saying why."""
+    installed = [e for e in engines if _available(e) is None]
+    if any("bfloat16" in _precisions(e) for e in installed):
+        return
+    reasons = []
+    for e in engines:
+        if e not in installed:
+            reasons.append(f"{e} is not installed")
+        elif e == "onnxruntime":
+            reasons.append("ONNX Runtime's CPU kernels here have no native bfloat16")
+        elif e == "torch":
+            reasons.append("oneDNN reports no bfloat16 on this CPU")
+        else:
+            reasons.append("OpenVINO's CPU plugin reports no bfloat16 on this CPU")
+    raise ValueError(
+        "Invalid value for argument `precision`. Expected a precision the engine computes "
+        f"natively here ({'; '.join(reasons)}). Received precision='bfloat16'."
+    )
 
 
 def _build(
@@ -476,22 +479,11 @@ def _build(
         candidate.build_s = time.perf_counter() - start
 
 
-def _traced_inputs(cap: Any, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    example = cap.program.example_inputs
+def _traced_inputs(
+    program: ExportedProgram, inputs: tuple[torch.Tensor, ...]
+) -> tuple[torch.Tensor, ...]:
+    example = program.example_inputs
     return tuple(example[0]) if example is not None else inputs
-
-
-def _flat_spec(cap: Any, inputs: tuple[torch.Tensor, ...], model: nn.Module) -> dict[str, Any]:
-    """``FlatModule``'s arguments for an engine over ``cap.program``."""
-    program = cap.program
-    flat = [t for t in inputs]
-    return {
-        "in_spec": program.call_spec.in_spec,
-        "out_spec": program.call_spec.out_spec,
-        "input_dtypes": [t.dtype for t in flat],
-        "fixed_shapes": None if cap.dynamic_batch else [tuple(t.shape) for t in flat],
-        "fallback": None if cap.dynamic_batch else copy.deepcopy(model),
-    }
 
 
 def _module_engine(fused: nn.Module, precision: str) -> nn.Module:

@@ -66,6 +66,11 @@ class OptimizeReport:
         notes: anything else worth knowing.
         program: the transformed exported program (``None`` without ``torch.export``),
             for writing ONNX or OpenVINO files.
+        call_spec: the calls ``program`` serves (``onebyone.deploy.signature.CallSpec``).
+        serves: those calls in words (``"(batch, 3, 64, 64); batch in [1, ...]"``); other
+            inputs run a frozen copy of the original model.
+        exercised: whether the checks could tell different inputs apart; when not, no
+            candidate counts as verified (see ``verified``).
     """
 
     engine: str
@@ -84,6 +89,14 @@ class OptimizeReport:
     peak_rss_mb: float | None = None
     notes: list[str] = field(default_factory=list)
     program: Any = field(default=None, repr=False)
+    call_spec: Any = field(default=None, repr=False)
+    serves: str = ""
+    exercised: bool = True
+
+    @property
+    def verified(self) -> bool:
+        """Whether the returned model's outputs were checked on inputs that exercise it."""
+        return self.exercised and (self.verify is not None or self.engine == "original")
 
     @property
     def speedup(self) -> float | None:
@@ -106,8 +119,12 @@ class OptimizeReport:
         lines = [
             f"engine: {self.engine} ({self.precision}), prepared in {self.prepare_s:.2f} s",
             f"capture: {self.capture}"
-            + ("" if self.dynamic_batch else " (the model fixes its batch size)"),
+            + ("" if self.dynamic_batch else " (the batch size is fixed)"),
         ]
+        if self.serves:
+            lines.append(f"serves: {self.serves} (other inputs run the original model)")
+        if not self.exercised:
+            lines.append("NOT VERIFIED: the checks cannot tell different inputs apart")
         lines += [f"  {route} failed: {why}" for route, why in self.capture_attempts]
         lines += [f"{p.name}: {p.count} applied, {len(p.skipped)} skipped" for p in self.passes]
         for c in self.candidates:

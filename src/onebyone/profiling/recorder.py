@@ -110,11 +110,11 @@ class _Recorder(TorchFunctionMode):
 def _examples(value: object, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
     expected = "a shape (a sequence of positive ints), a tensor, or a tuple of tensors"
     if isinstance(value, torch.Tensor):
-        return (value.to(dtype) if value.is_floating_point() else value,)
+        return ((value.to(dtype) if value.is_floating_point() else value).clone(),)
     if not isinstance(value, (tuple, list)) or not value:
         raise _checks.invalid("input_shape_or_example", expected, value, kind=TypeError)
     if all(isinstance(v, torch.Tensor) for v in value):
-        return tuple(v.to(dtype) if v.is_floating_point() else v for v in value)
+        return tuple((v.to(dtype) if v.is_floating_point() else v).clone() for v in value)
     if all(_checks._is_int(v) for v in value):
         shape = tuple(int(v) for v in value)
         if min(shape) < 1:
@@ -199,9 +199,11 @@ def profile(
         )
     own_dtype, device = _model_dtype_device(model)
     run_dtype = dtype or own_dtype or torch.float32
-    work = model
+    # the forward runs on a copy: buffers a forward updates (a step counter, an
+    # observer's running max) and the caller's tensors stay as they were
+    work = copy.deepcopy(model)
     if own_dtype is not None and run_dtype != own_dtype:
-        work = copy.deepcopy(model).to(run_dtype)
+        work = work.to(run_dtype)
     inputs = _examples(input_shape_or_example, run_dtype, device)
     roof_device = "cpu" if device.type == "meta" else device
     if isinstance(peak, MachinePeak):

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 from torch.export import ExportedProgram
-from torch.utils import _pytree as pytree
 
 from onebyone.deploy.engines.base import FlatModule
+from onebyone.deploy.signature import CallSpec, DynamicDim
 
 __all__ = ["OnnxRuntimeModule", "available", "export_onnx", "onnxruntime_module"]
 
@@ -35,8 +35,12 @@ def available() -> str | None:
     return None
 
 
-def export_onnx(program: ExportedProgram, inputs: tuple[torch.Tensor, ...]) -> bytes:
-    """The program as a serialised ONNX model (``torch.onnx.export``, opset of the exporter).
+def export_onnx(
+    program: ExportedProgram, inputs: tuple[torch.Tensor, ...], call: CallSpec | None = None
+) -> bytes:
+    """The program as a serialised ONNX model (``torch.onnx.export``, opset of the exporter),
+    its dynamic dimensions named after what they are (``batch``, ``height``, ``width``:
+    ``call``'s names) and every other dimension static.
 
     Raises:
         RuntimeError: the exporter failed (its first line says why).
@@ -46,7 +50,20 @@ def export_onnx(program: ExportedProgram, inputs: tuple[torch.Tensor, ...]) -> b
         onnx_program = torch.onnx.export(program, inputs, dynamo=True, verbose=False)
     if onnx_program is None:  # pragma: no cover - the dynamo exporter returns a program
         raise RuntimeError("torch.onnx.export returned no program")
-    return bytes(onnx_program.model_proto.SerializeToString())
+    proto = onnx_program.model_proto
+    if call is not None:
+        _name_dims(proto, call)
+    return bytes(proto.SerializeToString())
+
+
+def _name_dims(proto: Any, call: CallSpec) -> None:
+    """Rename export's symbols (``s77``) to the dimensions' names, everywhere in the graph."""
+    names = {d.symbol: d.name for dims in call.dims for d in dims if isinstance(d, DynamicDim)}
+    graph = proto.graph
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in names:
+                dim.dim_param = names[dim.dim_param]
 
 
 class OnnxRuntimeModule(FlatModule):
@@ -138,17 +155,14 @@ def onnxruntime_module(
     *,
     precision: str,
     spec: dict[str, Any],
+    call: CallSpec,
     example: tuple[torch.Tensor, ...] = (),
 ) -> OnnxRuntimeModule:
     """Export ``program`` (traced on ``inputs``) and open an ONNX Runtime session on it,
-    its batch fixed to ``example``'s."""
+    its batch fixed to ``example``'s when the batch is dynamic."""
     if precision not in PRECISIONS:
-        raise ValueError(f"ONNX Runtime's CPU kernels run float32, not {precision}")
-    model_bytes = export_onnx(program, inputs)
-    batch = example[0].shape[0] if example and example[0].dim() >= 1 else None
+        raise ValueError(f"ONNX Runtime's CPU kernels here have no native {precision}")
+    model_bytes = export_onnx(program, inputs, call)
+    dynamic = call.dynamic_batch and example and example[0].dim() >= 1
+    batch = example[0].shape[0] if dynamic else None
     return OnnxRuntimeModule(model_bytes, threads=torch.get_num_threads(), batch=batch, **spec)
-
-
-def flat_spec(program: ExportedProgram) -> tuple[pytree.TreeSpec, pytree.TreeSpec]:
-    """The program's input and output pytree specs."""
-    return program.call_spec.in_spec, program.call_spec.out_spec

@@ -18,9 +18,17 @@ import torch
 from torch.export import ExportedProgram
 
 from onebyone.deploy.engines.base import FlatModule
+from onebyone.deploy.signature import CallSpec, DynamicDim
 from onebyone.functional import decompositions
 
-__all__ = ["OpenVINOModule", "available", "convert", "openvino_module", "precisions"]
+__all__ = [
+    "OpenVINOModule",
+    "available",
+    "convert",
+    "openvino_module",
+    "precisions",
+    "set_precision",
+]
 
 _HINTS = {"float32": "f32", "bfloat16": "bf16"}
 
@@ -42,14 +50,35 @@ def precisions() -> tuple[str, ...]:
     return ("float32", "bfloat16") if "BF16" in capabilities else ("float32",)
 
 
-def convert(program: ExportedProgram) -> Any:
-    """The program as an ``openvino.Model`` (decomposed to ATen first)."""
+def convert(program: ExportedProgram, call: CallSpec | None = None) -> Any:
+    """The program as an ``openvino.Model`` (decomposed to ATen first) that owns its
+    weights (``share_weights=False``: nothing reads the program's tensors later), its
+    inputs declared with ``call``'s shapes: a static dimension static, a dynamic one
+    over its proven range."""
     import openvino as ov
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         plain = program.run_decompositions(decompositions())
-        return ov.convert_model(plain)
+        model = ov.convert_model(plain, share_weights=False)
+    if call is not None and len(call.dims) == len(model.inputs):
+        model.reshape({port: ov.PartialShape([_dimension(d) for d in dims])
+                       for port, dims in zip(model.inputs, call.dims, strict=True)})  # fmt: skip
+    return model
+
+
+def _dimension(dim: int | DynamicDim) -> Any:
+    import openvino as ov
+
+    if isinstance(dim, int):
+        return ov.Dimension(dim)
+    return ov.Dimension(dim.low, -1 if dim.high is None else dim.high)
+
+
+def set_precision(model: Any, precision: str) -> None:
+    """Record ``precision`` in the model's runtime options, so a plain
+    ``core.compile_model(xml, "CPU")`` of its saved IR computes in it."""
+    model.set_rt_info(_HINTS[precision], ["runtime_options", "INFERENCE_PRECISION_HINT"])
 
 
 class OpenVINOModule(FlatModule):
@@ -152,12 +181,15 @@ def openvino_module(
     *,
     precision: str,
     spec: dict[str, Any],
+    call: CallSpec,
 ) -> OpenVINOModule:
     """Convert and compile ``program`` for the CPU in ``precision``."""
     if precision not in precisions():
         raise ValueError(f"OpenVINO's CPU plugin does not compute {precision} natively here")
+    model = convert(program, call)
+    set_precision(model, precision)
     return OpenVINOModule(
-        convert(program),
+        model,
         precision=precision,
         threads=torch.get_num_threads(),
         shapes=[tuple(t.shape) for t in inputs],

@@ -1,0 +1,91 @@
+"""``Served``: what ``optimize`` returns around an engine.
+
+A call that binds to the exported call and passes its ``CallSpec`` (the shapes
+the capture proved, export's guards) runs the engine; any other call runs a frozen
+copy of the original model (warned once per new shape), never a graph that was
+not proven for it.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from onebyone.deploy.signature import CallSpec
+
+__all__ = ["Served", "freeze"]
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """``model`` (a copy nobody else holds) made inference-only: no parameter needs grad."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+def _shapes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    values = list(args) + [kwargs[k] for k in sorted(kwargs)]
+    return tuple(tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+                 for v in values)  # fmt: skip
+
+
+class Served(nn.Module):
+    """An engine for the calls its capture proved, the original model for the rest.
+
+    Args:
+        engine: the engine's module, called with the exported positional inputs.
+        spec: the calls ``engine`` serves.
+        fallback: a frozen copy of the original model (it owns its weights).
+
+    Shape:
+        The original model's.
+    """
+
+    def __init__(self, engine: nn.Module, spec: CallSpec, fallback: nn.Module) -> None:
+        super().__init__()
+        self.engine = engine
+        self.spec = spec
+        self.fallback = fallback
+        self._warned: set[tuple[Any, ...]] = set()
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        bound = self.spec.bind(args, kwargs)
+        why = "the call passes other arguments" if bound is None else self.spec.why_not(bound)
+        if why is None:
+            return self.engine(*bound)  # type: ignore[misc]
+        key = _shapes(args, kwargs)
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(
+                f"optimized model: inputs {key} were not proven by the capture ({why}); "
+                "running the original model for them",
+                stacklevel=2,
+            )
+        return self.fallback(*args, **kwargs)
+
+    def train(self, mode: bool = True) -> Served:
+        """Frozen for inference: only the flag changes."""
+        self.training = mode
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Served:
+        clone = self.__class__.__new__(self.__class__)
+        memo[id(self)] = clone
+        for key, value in self.__dict__.items():
+            clone.__dict__[key] = copy.deepcopy(value, memo)
+        return clone
+
+    def __getstate__(self) -> dict[str, Any]:
+        raise TypeError(
+            "an optimized model does not pickle (it holds a compiled engine and export's "
+            "guards); write a deployable file instead (onebyone.deploy.save_onnx, "
+            "save_openvino, `onebyone optimize --onnx/--openvino`), or optimize the loaded "
+            "original again"
+        )
+
+    def extra_repr(self) -> str:
+        return f"serves {self.spec.describe()}"
