@@ -27,6 +27,12 @@ from onebyone.transforms import (
     to_channels_last,
     verify,
 )
+from onebyone.transforms.compress import (
+    CompressReport,
+    compress,
+    load_compressed,
+    save_compressed,
+)
 from onebyone.weights import LAYOUTS, convert_weight
 
 try:
@@ -40,6 +46,7 @@ __all__ = [
     "CONVENTION",
     "LAYOUTS",
     "BackendUnavailableError",
+    "CompressReport",
     "Cost",
     "EngineUnavailableError",
     "MachinePeak",
@@ -49,6 +56,7 @@ __all__ = [
     "VerificationError",
     "VerifyReport",
     "__version__",
+    "compress",
     "conv1x1",
     "conv_cost",
     "convert_weight",
@@ -58,12 +66,14 @@ __all__ = [
     "fold_batchnorm",
     "fuse_epilogues",
     "list_models",
+    "load_compressed",
     "machine_peak",
     "merge_pointwise",
     "models",
     "nn",
     "optimize",
     "profile",
+    "save_compressed",
     "to_channels_last",
     "transforms",
     "verify",

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from onebyone import __version__
 
-COMMANDS: tuple[str, ...] = ("demo", "analyze", "explain", "explore", "optimize")
+COMMANDS: tuple[str, ...] = ("demo", "analyze", "explain", "explore", "optimize", "compress")
 """Subcommand modules under ``onebyone.commands``, in ``--help`` order."""
 
 EXIT_USAGE = 2
