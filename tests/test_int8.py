@@ -1,0 +1,382 @@
+"""int8 building blocks: calibration data, the accuracy budget, and the three engines'
+quantisers (NNCF on OpenVINO, ONNX Runtime's quantize_static, PT2E) on the demo's
+digits network (real data) and on a timm model (random weights: error figures only)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from onebyone.deploy.capture import capture
+from onebyone.deploy.quantize import (
+    AccuracyReport,
+    accuracy_report,
+    check_max_drop,
+    measure,
+    pt2e,
+    reference_outputs,
+    split_data,
+)
+from onebyone.deploy.quantize import onnxruntime as ort_int8
+from onebyone.deploy.quantize import openvino as ov_int8
+
+from helpers import calibrate_norms
+
+ENGINES = ("openvino", "onnxruntime", "torch")
+
+
+def _skip_unless(engine: str) -> None:
+    why = {"openvino": ov_int8, "onnxruntime": ort_int8, "torch": pt2e}[engine].available()
+    if why is not None:
+        pytest.skip(why)
+
+
+def _build(engine: str, model: nn.Module, example: tuple[torch.Tensor, ...], split: Any,
+           cap: Any = None, **kwargs: Any) -> nn.Module:  # fmt: skip
+    """The engine's int8 module, built the way optimize builds its float32 candidate."""
+    _skip_unless(engine)
+    if engine == "torch":
+        return pt2e.torch_int8_module(model, example, calibration=split.calibration)
+    cap = cap or capture(model, example)
+    assert cap.program is not None and cap.dynamic_batch
+    spec = {
+        "in_spec": cap.program.call_spec.in_spec,
+        "out_spec": cap.program.call_spec.out_spec,
+        "input_dtypes": [t.dtype for t in example],
+    }
+    if engine == "openvino":
+        return ov_int8.openvino_int8_module(
+            cap.program, example, calibration=split.calibration, spec=spec, **kwargs
+        )
+    traced = tuple(cap.program.example_inputs[0])
+    return ort_int8.onnxruntime_int8_module(
+        cap.program, traced, calibration=split.calibration, spec=spec, example=example
+    )
+
+
+@pytest.fixture(scope="module")
+def digits() -> dict[str, Any]:
+    """The demo's network trained briefly on the digits; 4 training batches calibrate, the
+    whole test set (9 batches of 50) is held out."""
+    pytest.importorskip("sklearn")
+    from onebyone.explain.digits import load_digits_split, train_digits
+
+    data = load_digits_split()
+    model = train_digits(epochs=8, seed=0, data=data).model.eval()
+    batches = list(zip(data.x_train.split(64)[:4], data.y_train.split(64)[:4], strict=True))
+    batches += list(zip(data.x_test.split(50), data.y_test.split(50), strict=True))
+    example = (data.x_test[:4].clone(),)
+    split = split_data(batches, example, calibration_batches=4)
+    return {
+        "model": model,
+        "example": example,
+        "split": split,
+        "references": reference_outputs(model, split.held_out),
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "built": {},
+    }
+
+
+def _digits_int8(digits: dict[str, Any], engine: str) -> nn.Module:
+    if engine not in digits["built"]:
+        digits["built"][engine] = _build(engine, digits["model"], digits["example"],
+                                         digits["split"])  # fmt: skip
+    return digits["built"][engine]
+
+
+# --- calibration data --------------------------------------------------------------------
+
+
+def test_split_data_first_batches_calibrate_the_rest_are_held_out() -> None:
+    batches = [torch.full((3, 2), float(i)) for i in range(7)]
+    split = split_data(batches, (torch.zeros(1, 2),), calibration_batches=8)
+    # n // 2 of 7 calibrate (at most calibration_batches), in order; the rest are held out
+    assert [float(b.inputs[0][0, 0]) for b in split.calibration] == [0.0, 1.0, 2.0]
+    assert [float(b.inputs[0][0, 0]) for b in split.held_out] == [3.0, 4.0, 5.0, 6.0]
+    assert not split.labelled
+    again = split_data(batches, (torch.zeros(1, 2),), calibration_batches=8)
+    assert all(torch.equal(a.inputs[0], b.inputs[0])
+               for a, b in zip(split.held_out, again.held_out, strict=True))  # fmt: skip
+
+
+def test_split_data_reads_a_bounded_number_of_batches_from_a_generator() -> None:
+    read = []
+
+    def endless():
+        i = 0
+        while True:
+            read.append(i)
+            yield torch.randn(2, 3)
+            i += 1
+
+    split = split_data(endless(), (torch.zeros(1, 3),), calibration_batches=2, held_out_batches=3)
+    assert (len(split.calibration), len(split.held_out)) == (2, 3)
+    assert len(read) <= 6
+
+
+def test_split_data_takes_a_dataloader_of_pairs_and_of_inputs() -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x, y = torch.randn(40, 3, 5, 5), torch.randint(0, 4, (40,))
+    split = split_data(DataLoader(TensorDataset(x, y), batch_size=8), (x[:2],))
+    assert split.labelled and len(split.calibration) == 2 and len(split.held_out) == 3
+    assert torch.equal(split.held_out[0].labels, y[16:24])
+    plain = split_data(DataLoader(TensorDataset(x), batch_size=8), (x[:2],))
+    assert not plain.labelled and torch.equal(plain.calibration[0].inputs[0], x[:8])
+
+
+@pytest.mark.parametrize(
+    ("data", "kind", "match"),
+    [
+        (None, ValueError, r"`data`.*real inputs to calibrate int8.*Received data=None"),
+        ([], ValueError, r"`data`.*at least one batch.*Received empty data"),
+        (iter(()), ValueError, r"Received empty data"),
+        (
+            [torch.randn(2, 1, 9, 8)],
+            ValueError,
+            r"shaped like the example \(N, 1, 8, 8\).*"
+            r"batch 0 of shape \(2, 1, 9, 8\)",
+        ),
+        ([torch.randn(2, 1, 8)], ValueError, r"shaped like the example"),
+        ([torch.randn(2, 1, 8, 8).double()], TypeError, r"dtype torch.float32.*float64"),
+        (torch.randn(4, 1, 8, 8), TypeError, r"iterable of batches.*one tensor"),
+        ([(torch.randn(2, 1, 8, 8), torch.rand(2))], TypeError, r"integer class labels"),
+        (
+            [(torch.randn(2, 1, 8, 8), torch.tensor([1, 2, 3]))],
+            ValueError,
+            r"one label per row, shape \(2,\).*\(3,\)",
+        ),
+        (
+            [torch.randn(2, 1, 8, 8), (torch.randn(2, 1, 8, 8), torch.tensor([0, 1]))],
+            ValueError,
+            r"every batch with labels or none",
+        ),
+        (["images"], TypeError, r"input tensors or of \(input, labels\) pairs.*str"),
+        (3, TypeError, r"Received data=3"),
+    ],
+)
+def test_split_data_refuses_bad_data(data: Any, kind: type, match: str) -> None:
+    with pytest.raises(kind, match=match):
+        split_data(data, (torch.zeros(2, 1, 8, 8),))
+
+
+def test_data_the_model_rejects_is_named() -> None:
+    model = nn.Conv2d(3, 4, 1).eval()  # takes 3 channels
+    split = split_data([torch.randn(2, 2, 4, 4)] * 2, (torch.zeros(1, 2, 4, 4),))
+    with pytest.raises(ValueError, match=r"`data`.*batch 0 of shape \(2, 2, 4, 4\).*raised"):
+        reference_outputs(model, split.held_out)
+
+
+# --- the accuracy budget ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [-0.01, 1.5, float("nan"), float("inf")])
+def test_max_drop_outside_0_1_is_refused(bad: float) -> None:
+    with pytest.raises(ValueError, match=r"`max_drop`. Expected a fraction in \[0, 1\]"):
+        check_max_drop(bad)
+
+
+@pytest.mark.parametrize("bad", ["0.1", True, [0.1]])
+def test_max_drop_of_another_type_is_refused(bad: object) -> None:
+    with pytest.raises(TypeError, match=r"`max_drop`"):
+        check_max_drop(bad)
+
+
+def test_max_drop_default_and_bounds() -> None:
+    assert check_max_drop(None) == 0.01
+    assert check_max_drop(0) == 0.0 and check_max_drop(1) == 1.0
+
+
+def test_accuracy_report_agreement_accuracy_and_errors() -> None:
+    ref = [torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0]]), torch.tensor([[0.0, 0.0, 4.0]])]
+    cand = [torch.tensor([[3.0, 1.0, 0.0], [0.0, 1.0, 2.0]]), torch.tensor([[0.0, 0.0, 4.0]])]
+    labels = [torch.tensor([0, 2]), torch.tensor([2])]
+    report = accuracy_report(ref, cand, labels, max_drop=0.0)
+    assert report.rows == 3
+    assert report.top1_agreement == pytest.approx(2 / 3)
+    # the original gets rows 0 and 2 right; the candidate's change makes row 1 right too
+    assert report.accuracy_reference == pytest.approx(2 / 3)
+    assert report.accuracy_candidate == pytest.approx(1.0)
+    assert report.metric == "accuracy" and report.drop == pytest.approx(-1 / 3)
+    assert report.within_budget  # with labels the budget is on accuracy, which rose
+    assert report.rel_errors == {"output": pytest.approx(1.0 / 4.0)}  # max |diff| / max |ref|
+    unlabelled = accuracy_report(ref, cand, max_drop=0.3)
+    assert unlabelled.metric == "top-1 agreement" and unlabelled.drop == pytest.approx(1 / 3)
+    assert not unlabelled.within_budget
+    assert accuracy_report(ref, cand, max_drop=0.34).within_budget
+    assert "beyond max_drop 0.3" in str(unlabelled)
+
+
+def test_accuracy_report_without_a_classifier_cannot_pass_the_budget() -> None:
+    ref = [torch.randn(2, 3, 4, 4)]
+    report = accuracy_report(ref, [r + 0.01 for r in ref])
+    assert report.top1_agreement is None and report.drop is None and not report.within_budget
+    assert math.isfinite(report.max_rel_error) and report.max_rel_error > 0
+    assert "cannot be checked" in str(report)
+
+
+def test_accuracy_report_refuses_mismatched_outputs() -> None:
+    with pytest.raises(ValueError, match="one output per reference batch"):
+        accuracy_report([torch.zeros(2, 3)], [])
+    with pytest.raises(ValueError, match="names and shapes"):
+        accuracy_report([torch.zeros(2, 3)], [torch.zeros(2, 4)])
+
+
+def test_measure_needs_held_out_data() -> None:
+    with pytest.raises(ValueError, match="at least two batches"):
+        measure(nn.Identity(), [], [])
+
+
+# --- the engines on the digits (real data) ------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_int8_keeps_digits_test_accuracy_within_half_a_point(
+    digits: dict[str, Any], engine: str
+) -> None:
+    module = _digits_int8(digits, engine)
+    report = measure(module, digits["split"].held_out, digits["references"])
+    assert report.rows == 450  # the whole test set
+    assert report.accuracy_reference is not None and report.accuracy_reference > 0.9
+    assert report.accuracy_candidate is not None
+    assert report.accuracy_candidate >= report.accuracy_reference - 0.005, str(report)
+    assert 0 < report.max_rel_error < 0.5  # quantised: not bit-equal, not broken
+    assert report.within_budget  # max_drop 0.01 on accuracy
+    assert module.calibration_s > 0
+    for name, value in digits["model"].state_dict().items():  # the original is untouched
+        assert torch.equal(value, digits["state"][name]), name
+
+
+def test_the_budget_refuses_a_candidate_that_loses_accuracy(digits: dict[str, Any]) -> None:
+    model = digits["model"]
+    damaged = type(model)(width=model.width, reduced=model.reduced).eval()
+    damaged.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        last = damaged.mlpconv2[-1]
+        last.bias.add_(torch.linspace(0, 3, last.bias.numel()))  # favours the last classes
+    report = measure(damaged, digits["split"].held_out, digits["references"])
+    assert report.accuracy_candidate is not None and report.accuracy_reference is not None
+    assert report.drop is not None and report.drop > 0.01
+    assert not report.within_budget
+    assert measure(damaged, digits["split"].held_out, digits["references"],
+                   max_drop=1.0).within_budget  # fmt: skip
+
+
+def test_openvino_accuracy_control_meets_its_budget(digits: dict[str, Any]) -> None:
+    split = digits["split"]
+    module = _build("openvino", digits["model"], digits["example"], split, max_drop=0.005,
+                    held_out=split.held_out, references=digits["references"])  # fmt: skip
+    report = measure(module, split.held_out, digits["references"], max_drop=0.01)
+    assert report.within_budget, str(report)
+
+
+def test_openvino_int8_refuses_a_bad_budget_and_no_held_out_data(digits: dict[str, Any]) -> None:
+    split = digits["split"]
+    with pytest.raises(ValueError, match=r"`max_drop`. Expected a fraction in \[0, 1\]"):
+        _build("openvino", digits["model"], digits["example"], split, max_drop=1.5,
+               held_out=split.held_out)  # fmt: skip
+    with pytest.raises(ValueError, match=r"`max_drop`.*no held-out data"):
+        _build("openvino", digits["model"], digits["example"], split, max_drop=0.01)
+
+
+@pytest.mark.parametrize("engine", ["openvino", "onnxruntime", "torch"])
+def test_int8_builders_refuse_no_calibration(digits: dict[str, Any], engine: str) -> None:
+    empty = type(digits["split"])(calibration=[], held_out=digits["split"].held_out)
+    with pytest.raises(ValueError, match=r"`calibration`.*at least one batch"):
+        _build(engine, digits["model"], digits["example"], empty)
+
+
+# --- artifacts ----------------------------------------------------------------------------
+
+
+def test_qdq_onnx_saves_and_reloads_to_the_measured_outputs(
+    digits: dict[str, Any], tmp_path: Any
+) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    module = _digits_int8(digits, "onnxruntime")
+    path = module.save(tmp_path / "digits-int8.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits-int8.onnx"]  # no temp left
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    x = torch.cat([b.inputs[0] for b in digits["split"].held_out[:2]])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (reloaded,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    np.testing.assert_allclose(reloaded, module(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_int8_ir_saves_and_reloads_to_the_measured_outputs(
+    digits: dict[str, Any], tmp_path: Any
+) -> None:
+    import openvino as ov
+
+    module = _digits_int8(digits, "openvino")
+    xml = module.save(tmp_path / "ir")
+    assert xml.name == "model.xml" and (tmp_path / "ir" / "model.bin").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ir"]
+    read = ov.Core().read_model(str(xml))
+    assert any(op.get_type_name() == "FakeQuantize" for op in read.get_ops())
+    compiled = ov.Core().compile_model(read, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    x = torch.cat([b.inputs[0] for b in digits["split"].held_out[:2]])
+    reloaded = compiled([x.numpy()])[0]
+    np.testing.assert_allclose(reloaded, module(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+# --- a timm model (random weights: the error figures) -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def timm_model() -> dict[str, Any]:
+    """timm's MobileNetV2 (width 0.5, random weights, norm statistics of its input) at
+    64x64, captured once; 2 batches of 2 calibrate, 2 are held out."""
+    from onebyone.models import external
+
+    try:
+        timm = external.import_timm()
+    except ImportError as exc:
+        pytest.skip(f"timm is not installed: {exc}")
+    torch.manual_seed(0)
+    model = timm.create_model("mobilenetv2_050", pretrained=False, num_classes=10)
+    x = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    model = calibrate_norms(model, x)
+    example = (x[:2].clone(),)
+    split = split_data(list(x.split(2)), example, calibration_batches=2)
+    return {"model": model, "example": example, "split": split,
+            "cap": capture(model, example)}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["openvino", "onnxruntime"])
+def test_timm_model_quantises_with_finite_errors(timm_model: dict[str, Any], engine: str) -> None:
+    model, split = timm_model["model"], timm_model["split"]
+    module = _build(engine, model, timm_model["example"], split, timm_model["cap"])
+    report = measure(module, split.held_out, reference_outputs(model, split.held_out))
+    assert isinstance(report, AccuracyReport) and report.rows == 4
+    assert report.top1_agreement is not None
+    assert all(math.isfinite(e) and e > 0 for e in report.rel_errors.values())
+
+
+# --- PT2E's availability ------------------------------------------------------------------
+
+
+def test_pt2e_says_why_it_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    real = importlib.import_module
+
+    def missing(name: str, *args: Any) -> Any:
+        if name.startswith(("torchao", "torch.ao.quantization.quantize_pt2e")):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", missing)
+    why = pt2e.available()
+    assert why is not None and "needs torchao" in why and "pip install 'onebyone[pt2e]'" in why
+    with pytest.raises(RuntimeError, match="needs torchao"):
+        pt2e.torch_int8_module(nn.Identity(), (torch.zeros(1),), calibration=[])
