@@ -11,6 +11,7 @@ from torch import nn
 from onebyone import _checks, activations
 from onebyone.functional import _FLOAT_DTYPES, conv1x1
 from onebyone.geometry import same_padding
+from onebyone.nn.untouchable import check_convertible
 
 __all__ = ["NORMS", "Conv1x1", "ConvNormAct", "activation_module", "norm_module"]
 
@@ -140,6 +141,7 @@ class Conv1x1(nn.Module):
         """A ``Conv1x1`` computing the same as a 1x1 ``nn.Conv2d`` (parameters copied)."""
         if not isinstance(module, nn.Conv2d):
             raise _checks.invalid("module", "an nn.Conv2d", type(module).__name__, kind=TypeError)
+        check_convertible("module", module, nn.Conv2d)
         if tuple(module.kernel_size) != (1, 1):
             raise _checks.invalid("module", "an nn.Conv2d with kernel_size=(1, 1)", module)
         if tuple(module.padding) != (0, 0) or not isinstance(module.padding, tuple):
@@ -154,6 +156,7 @@ class Conv1x1(nn.Module):
         """A ``Conv1x1`` applying an ``nn.Linear`` at every pixel (parameters copied)."""
         if not isinstance(module, nn.Linear):
             raise _checks.invalid("module", "an nn.Linear", type(module).__name__, kind=TypeError)
+        check_convertible("module", module, nn.Linear)
         return _copy_of(cls, module, module.in_features, module.out_features, activation)
 
     def to_conv2d(self) -> nn.Module:
