@@ -51,6 +51,13 @@ CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, Conv
 """Convolution modules the transforms understand (weight ``(K, C/g, *kernel)`` or ``(K, C/g)``)."""
 
 _LEAF_TYPES: list[type[nn.Module]] = [Conv1x1]
+_LAYER_TYPES: tuple[type[nn.Module], ...] = (
+    *CONV_TYPES,
+    nn.Linear,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+)
 
 
 def register_leaf(cls: type[nn.Module]) -> type[nn.Module]:
@@ -73,6 +80,8 @@ class Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, tuple(_LEAF_TYPES)) or why_untouchable(m) is not None:
             return True  # a module with hooks runs as one call, hooks included
+        if isinstance(m, _LAYER_TYPES):
+            return True  # a subclass too: the transforms see it, and say why it stays
         return super().is_leaf_module(m, module_qualified_name)
 
 
