@@ -138,7 +138,14 @@ class Conv1x1(nn.Module):
 
     @classmethod
     def from_conv2d(cls, module: nn.Conv2d, *, activation: str | None = None) -> Conv1x1:
-        """A ``Conv1x1`` computing the same as a 1x1 ``nn.Conv2d`` (parameters copied)."""
+        """A ``Conv1x1`` computing the same as a 1x1 ``nn.Conv2d`` (parameters copied).
+
+        Raises:
+            TypeError: ``module`` is not an ``nn.Conv2d``, or its class defines its own
+                ``forward`` (timm's ``StdConv2d``).
+            ValueError: it is not 1x1 without padding, or has hooks or a normalised or
+                parametrised weight.
+        """
         if not isinstance(module, nn.Conv2d):
             raise _checks.invalid("module", "an nn.Conv2d", type(module).__name__, kind=TypeError)
         check_convertible("module", module, nn.Conv2d)
@@ -153,7 +160,13 @@ class Conv1x1(nn.Module):
 
     @classmethod
     def from_linear(cls, module: nn.Linear, *, activation: str | None = None) -> Conv1x1:
-        """A ``Conv1x1`` applying an ``nn.Linear`` at every pixel (parameters copied)."""
+        """A ``Conv1x1`` applying an ``nn.Linear`` at every pixel (parameters copied).
+
+        Raises:
+            TypeError: ``module`` is not an ``nn.Linear``, or its class defines its own
+                ``forward``.
+            ValueError: it has hooks or a normalised or parametrised weight.
+        """
         if not isinstance(module, nn.Linear):
             raise _checks.invalid("module", "an nn.Linear", type(module).__name__, kind=TypeError)
         check_convertible("module", module, nn.Linear)
