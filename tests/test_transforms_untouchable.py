@@ -259,3 +259,17 @@ def test_global_module_hooks_leave_the_model_as_it_is(name: str) -> None:
     assert report.count == 0
     assert any("global module forward hook" in why for _, why in report.skipped), report
     _check_same(model, result, other)
+
+
+@pytest.mark.filterwarnings("ignore:.*weight_norm.* is deprecated:FutureWarning")
+@pytest.mark.parametrize(
+    "convert",
+    [obo.to_channels_last, lambda m: obo.transforms.cast(m, torch.float64)],
+    ids=["to_channels_last", "cast"],
+)
+def test_layout_and_dtype_copy_a_weight_norm_model(convert: Callable[..., nn.Module]) -> None:
+    model = _layers()
+    _weight_norm(model.get_submodule("0"))
+    model = randomize_norms(model)
+    x, _ = _inputs()
+    _check_same(model, convert(model), x)  # it copied (no deepcopy error) and kept the norm
