@@ -18,7 +18,7 @@ from onebyone.nn import Conv1x1
 from onebyone.transforms import FusedConv1x1, FusedConv2d, VerificationError
 from onebyone.transforms import fold as fold_module
 from onebyone.transforms import merge as merge_module
-from transform_models import assert_unchanged, snapshot
+from transform_models import SharedOutput, assert_unchanged, snapshot
 
 from helpers import randomize_norms
 
@@ -113,6 +113,20 @@ def test_hooks_keep_their_module_and_are_named(name: str, where: str, pre: bool)
         assert not report.traced and type(result) is nn.Sequential
         assert any("hook" in why for w, why in report.skipped if w == "model"), report
     assert report.count > 0  # what the hooks do not reach is still transformed
+
+
+@pytest.mark.parametrize("name", TRANSFORMS)
+def test_a_model_with_its_own_hook_is_not_turned_into_a_graph_module(name: str) -> None:
+    # the folded copy of a convolution whose output is also read elsewhere needs a graph
+    # rewrite; so do fused epilogues and merged siblings
+    model = randomize_norms(SharedOutput())
+    model.register_forward_hook(_hook)
+    x = torch.randn(2, 4, 7, 7)
+    result, report = TRANSFORMS[name](model, x)
+    assert type(result) is SharedOutput
+    _check_same(model, result, torch.randn(3, 4, 7, 7))
+    if name != "merge":
+        assert any("hook" in why for _, why in report.skipped), report
 
 
 def _weight_norm(conv: nn.Module) -> None:
