@@ -157,6 +157,19 @@ def test_the_makefile_writes_the_torchvision_start_up_file(tmp_path: Path):
     assert done.returncode == 0, done.stderr
     # interpreter start loads the hook alone: neither torch nor the onebyone package
     assert done.stdout.split() == ["['onebyone._torchvision_ops']", "False"]
+    # an onebyone without the hook (another version) beside the file: nothing happens
+    other = tmp_path / "other" / "onebyone"
+    other.mkdir(parents=True)
+    (other / "__init__.py").write_text("")
+    stale = (
+        "import sys, site; sys.path.insert(0, sys.argv[1]); site.addsitedir(sys.argv[2]); "
+        "print(sorted(m for m in sys.modules if m.startswith('onebyone')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", stale, str(other.parent), str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout.strip(), done.stderr) == (0, "[]", "")
 
 
 def test_timm_imports_in_the_makefiles_venv_without_onebyone():

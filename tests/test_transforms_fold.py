@@ -132,11 +132,16 @@ def test_module_called_twice_folds_each_call_separately() -> None:
 
 def test_untraceable_model_folds_inside_sequential_and_says_why() -> None:
     model = randomize_norms(Untraceable())
-    folded, report = obo.fold_batchnorm(model, with_report=True)
+    x = torch.randn(1, 3, 8, 8)
+    folded, report = obo.fold_batchnorm(model, x, with_report=True)
     assert not report.traced and report.count == 1
     assert any("does not trace" in why for _, why in report.skipped)
     assert _norms(folded) == 0
-    assert obo.verify(model, folded, torch.randn(1, 3, 8, 8)).max_rel < 1e-5
+    assert obo.verify(model, folded, x).max_rel < 1e-5
+    # without an example nothing shows that `body` runs its children as one chain
+    kept, report = obo.fold_batchnorm(model, with_report=True)
+    assert report.count == 0 and _norms(kept) == 1
+    assert "pass example_input" in dict(report.skipped)["body.1"]
 
 
 def test_linear_then_batchnorm1d_folds_and_the_head_is_exact() -> None:

@@ -48,10 +48,11 @@ _declared: list[Any] = []  # the torch.library.Library, kept alive: a dropped on
 
 # One line, run by `site` at interpreter start: find the installed `onebyone` package
 # without importing it, load this file from it under its own name, install the finder.
+# (Nothing happens where onebyone or this file is gone: a stale .pth stays silent.)
 _PTH_LINE = (
     "import importlib.util as u, os, sys; s = u.find_spec('onebyone'); "
-    "f = s and s.origin and u.spec_from_file_location('onebyone._torchvision_ops', "
-    "os.path.join(os.path.dirname(s.origin), '_torchvision_ops.py')); "
+    "p = s and s.origin and os.path.join(os.path.dirname(s.origin), '_torchvision_ops.py'); "
+    "f = p and os.path.exists(p) and u.spec_from_file_location('onebyone._torchvision_ops', p); "
     "m = f and u.module_from_spec(f); "
     "m and (sys.modules.setdefault(f.name, m), f.loader.exec_module(m), m.install())\n"
 )

@@ -11,6 +11,7 @@ from torch import nn
 from onebyone import _checks, activations
 from onebyone.functional import _FLOAT_DTYPES, conv1x1
 from onebyone.geometry import is_pointwise, same_padding
+from onebyone.nn.untouchable import check_convertible
 
 __all__ = ["NORMS", "Conv1x1", "ConvNormAct", "activation_module", "norm_module"]
 
@@ -137,9 +138,17 @@ class Conv1x1(nn.Module):
 
     @classmethod
     def from_conv2d(cls, module: nn.Conv2d, *, activation: str | None = None) -> Conv1x1:
-        """A ``Conv1x1`` computing the same as a 1x1 ``nn.Conv2d`` (parameters copied)."""
+        """A ``Conv1x1`` computing the same as a 1x1 ``nn.Conv2d`` (parameters copied).
+
+        Raises:
+            TypeError: ``module`` is not an ``nn.Conv2d``, or its class defines its own
+                ``forward`` (timm's ``StdConv2d``).
+            ValueError: it is not 1x1 without padding, or has hooks or a normalised or
+                parametrised weight.
+        """
         if not isinstance(module, nn.Conv2d):
             raise _checks.invalid("module", "an nn.Conv2d", type(module).__name__, kind=TypeError)
+        check_convertible("module", module, nn.Conv2d)
         if not is_pointwise(module.kernel_size):
             raise _checks.invalid("module", "an nn.Conv2d with kernel_size=(1, 1)", module)
         if tuple(module.padding) != (0, 0) or not isinstance(module.padding, tuple):
@@ -151,9 +160,16 @@ class Conv1x1(nn.Module):
 
     @classmethod
     def from_linear(cls, module: nn.Linear, *, activation: str | None = None) -> Conv1x1:
-        """A ``Conv1x1`` applying an ``nn.Linear`` at every pixel (parameters copied)."""
+        """A ``Conv1x1`` applying an ``nn.Linear`` at every pixel (parameters copied).
+
+        Raises:
+            TypeError: ``module`` is not an ``nn.Linear``, or its class defines its own
+                ``forward``.
+            ValueError: it has hooks or a normalised or parametrised weight.
+        """
         if not isinstance(module, nn.Linear):
             raise _checks.invalid("module", "an nn.Linear", type(module).__name__, kind=TypeError)
+        check_convertible("module", module, nn.Linear)
         return _copy_of(cls, module, module.in_features, module.out_features, activation)
 
     def to_conv2d(self) -> nn.Module:

@@ -3,7 +3,11 @@
 The transforms find their patterns on an ``fx`` graph (residual adds live in
 ``forward``, not in modules) and then either swap modules in a copy of the
 model (when every change is expressible that way, so the model keeps its
-class) or rewrite the graph of a ``torch.fx.GraphModule``.
+class) or rewrite the graph of a ``torch.fx.GraphModule``. A module with hooks
+or a parametrisation (``onebyone.nn.untouchable``) stays one node of the graph,
+called as it is, so a rewritten graph still runs its hooks. A model that does
+not trace is rewritten only inside ``nn.Sequential`` containers that an example
+input shows running their children as one chain (``chain_proofs``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from torch import fx, nn
 from onebyone.activations import TABLE, module_activation
 from onebyone.nn.blocks import channel_shuffle
 from onebyone.nn.conv import Conv1x1
+from onebyone.nn.untouchable import why_untouchable
+from onebyone.transforms.report import PassReport
+from onebyone.transforms.verify import as_inputs, run_model
 
 __all__ = [
     "CONV_TYPES",
@@ -27,6 +34,7 @@ __all__ = [
     "activation_of",
     "any_inplace",
     "call_counts",
+    "chain_proofs",
     "compute_nodes",
     "drop_identities",
     "graph_module",
@@ -34,6 +42,7 @@ __all__ = [
     "is_inplace",
     "owner_counts",
     "plain_sequentials",
+    "report_untouchable",
     "set_module",
     "trace",
 ]
@@ -42,6 +51,13 @@ CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, Conv
 """Convolution modules the transforms understand (weight ``(K, C/g, *kernel)`` or ``(K, C/g)``)."""
 
 _LEAF_TYPES: list[type[nn.Module]] = [Conv1x1]
+_LAYER_TYPES: tuple[type[nn.Module], ...] = (
+    *CONV_TYPES,
+    nn.Linear,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+)
 
 
 def register_leaf(cls: type[nn.Module]) -> type[nn.Module]:
@@ -62,8 +78,10 @@ class Tracer(fx.Tracer):
         super().__init__(autowrap_functions=LEAF_FUNCTIONS)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, tuple(_LEAF_TYPES)):
-            return True
+        if isinstance(m, tuple(_LEAF_TYPES)) or why_untouchable(m) is not None:
+            return True  # a module with hooks runs as one call, hooks included
+        if isinstance(m, _LAYER_TYPES):
+            return True  # a subclass too: the transforms see it, and say why it stays
         return super().is_leaf_module(m, module_qualified_name)
 
 
@@ -93,6 +111,7 @@ def drop_identities(graph: fx.Graph, modules: dict[str, nn.Module], *, dropout: 
         m = modules.get(str(node.target)) if node.op == "call_module" else None
         if (
             isinstance(m, kinds)
+            and why_untouchable(m) is None
             and not (m.training and not isinstance(m, nn.Identity))
             and len(node.args) == 1
             and not node.kwargs
@@ -112,6 +131,78 @@ def plain_sequentials(root: nn.Module) -> list[tuple[str, nn.Sequential]]:
         for path, m in root.named_modules()
         if isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward
     ]
+
+
+def chain_proofs(root: nn.Module, example_input: object) -> dict[int, str]:
+    """Why each plain ``nn.Sequential`` of ``root`` is not shown to run its children as
+    one chain, by the container's ``id``; a container absent from the result is shown.
+
+    A model that does not trace may call a container's children one by one and read
+    what each returns (a backbone returning every stage's output), so rewriting two
+    neighbours as one would change what it reads. ``root`` runs once on
+    ``example_input`` (its hooks are added for the run and removed after): a container
+    is shown when it ran, and each of its children ran only from the container's own
+    call. Without an example nothing is shown.
+    """
+    containers = {id(seq): (path, seq) for path, seq in plain_sequentials(root) if len(seq) > 1}
+    if example_input is None:
+        why = (
+            "the model does not trace and no example_input shows that the container runs "
+            "its children as one chain (pass example_input)"
+        )
+        return dict.fromkeys(containers, why)
+    unproven: dict[int, str] = {}
+    parent: dict[int, int] = {}
+    for key, (_, seq) in containers.items():
+        if why_untouchable(seq) is not None:
+            unproven[key] = f"the container {why_untouchable(seq)}"
+        for child in seq.children():
+            if parent.setdefault(id(child), key) != key:  # held by two containers
+                unproven[key] = unproven[parent[id(child)]] = "a child is held twice"
+    stack: list[int] = []  # the tracked modules running now, innermost last
+    ran: set[int] = set()
+
+    def enter(module: nn.Module, args: object) -> None:
+        owner = parent.get(id(module))
+        if owner is not None and (not stack or stack[-1] != owner):
+            unproven.setdefault(
+                owner,
+                f"a child ({type(module).__name__}) is called outside the container's chain, "
+                "so its output may be read elsewhere",
+            )
+        stack.append(id(module))
+        ran.add(id(module))
+
+    def leave(module: nn.Module, args: object, output: object) -> None:
+        stack.pop()
+
+    tracked = {id(m): m for _, seq in containers.values() for m in (seq, *seq.children())}
+    handles = []
+    for m in tracked.values():
+        handles.append(m.register_forward_pre_hook(enter))
+        handles.append(m.register_forward_hook(leave, always_call=True))
+    try:
+        run_model(root, as_inputs(example_input), "original")
+    finally:
+        for handle in handles:
+            handle.remove()
+    for key in containers:
+        if key not in ran:
+            unproven.setdefault(key, "the container did not run on example_input")
+    return unproven
+
+
+def report_untouchable(report: PassReport, graph: fx.Graph, modules: dict[str, nn.Module]) -> None:
+    """Name in ``report`` every module with layers inside that the graph calls whole
+    because of its hooks or parametrisations (nothing inside it is changed)."""
+    for node in graph.nodes:
+        m = modules.get(str(node.target)) if node.op == "call_module" else None
+        inside = m is not None and any(n != "parametrizations" for n, _ in m.named_children())
+        reason = why_untouchable(m) if m is not None and inside else None
+        if reason is not None:
+            report.skipped.append(
+                (str(node.target), f"{reason}: left whole, nothing inside changed")
+            )
 
 
 def owner_counts(root: nn.Module) -> Counter[int]:
@@ -159,7 +250,7 @@ def activation_of(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
     """
     if node.op == "call_module":
         m = modules.get(str(node.target))
-        return None if m is None else module_activation(m)
+        return None if m is None or why_untouchable(m) else module_activation(m)
     if node.op == "call_function":
         for entry in TABLE.values():
             test = entry.functions.get(node.target)  # type: ignore[arg-type]

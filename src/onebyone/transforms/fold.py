@@ -22,16 +22,19 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from onebyone.nn.conv import Conv1x1
+from onebyone.nn.untouchable import copy_module, global_hooks, why_untouchable
 from onebyone.transforms._fx import (
     call_counts,
+    chain_proofs,
     graph_module,
     owner_counts,
     plain_sequentials,
+    report_untouchable,
     set_module,
     trace,
 )
 from onebyone.transforms.report import PassReport
-from onebyone.transforms.verify import as_inputs
+from onebyone.transforms.verify import as_inputs, check_transform
 
 __all__ = [
     "batchnorm_affine",
@@ -40,6 +43,7 @@ __all__ = [
     "fold_batchnorm",
     "fold_bn_weights",
     "fold_conv_bn",
+    "known_base",
 ]
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -175,10 +179,20 @@ def fold_conv_bn(layer: nn.Module, bn: nn.Module) -> nn.Module:
     return out
 
 
+def known_base(module: nn.Module) -> type[nn.Module] | None:
+    """The class of the transforms' layers (a convolution, ``Conv1x1``, ``Linear``, a batch
+    norm) that ``module`` is an instance of, or ``None``."""
+    return next((t for t in (*_PAIRS, *_BN_TYPES) if isinstance(module, t)), None)
+
+
 def why_not_foldable(layer: nn.Module, bn: nn.Module) -> str | None:
     """Why ``bn`` cannot fold into ``layer``, or ``None`` when it can."""
     if not isinstance(bn, _BN_TYPES):
         return f"{type(bn).__name__} is not a batch norm"
+    for role, module in (("the layer", layer), ("the norm", bn)):
+        reason = why_untouchable(module, known_base(module))
+        if reason is not None:
+            return f"{role} {reason}"
     expected = _PAIRS.get(type(layer))
     if expected is None:
         return f"follows a {type(layer).__name__}, not a convolution or Linear"
@@ -248,8 +262,9 @@ def _ranks(model: nn.Module, graph: fx.Graph, example_input: object) -> dict[str
     return ranks
 
 
-def _fold_sequentials(root: nn.Module, report: PassReport) -> None:
-    """Fold adjacent (layer, batch norm) children of plain ``nn.Sequential`` containers."""
+def _fold_sequentials(root: nn.Module, report: PassReport, unproven: dict[int, str]) -> None:
+    """Fold adjacent (layer, batch norm) children of plain ``nn.Sequential`` containers
+    shown to run as one chain (``unproven``: why the others are not)."""
     owners = owner_counts(root)
     pairs: list[tuple[str, nn.Sequential, str, str]] = []
     for path, seq in plain_sequentials(root):
@@ -262,7 +277,7 @@ def _fold_sequentials(root: nn.Module, report: PassReport) -> None:
         layer, bn = seq._modules[a], seq._modules[b]
         assert layer is not None and bn is not None
         where = f"{path}.{b}" if path else b
-        reason = why_not_foldable(layer, bn)
+        reason = unproven.get(id(seq)) or why_not_foldable(layer, bn)
         if reason is None and isinstance(layer, nn.Linear):
             reason = "the model does not trace, so the Linear's output layout is unknown"
         if reason is None and (owners[id(layer)] > 1 or owners[id(bn)] > 1):
@@ -301,12 +316,16 @@ def fold_batchnorm(
     (or the layer is called more than once) the norm's call is replaced by a
     folded copy of the layer instead and the result is a ``torch.fx.GraphModule``.
     A model that does not trace gets the pairs that are adjacent in an
-    ``nn.Sequential``, and the report says so. ``model`` is never modified;
-    parameters keep their dtype and device.
+    ``nn.Sequential`` that ``example_input`` shows running its children as one
+    chain, and the report says so. A layer or norm with hooks, a
+    ``weight_norm`` / ``spectral_norm`` / parametrised weight, or a class with its
+    own ``forward`` is left alone and named in the report. ``model`` is never
+    modified; parameters keep their dtype and device.
 
     Args:
         model: a model in eval mode.
-        example_input: optional tensor (or tuple) the model accepts. A
+        example_input: optional tensor (or tuple) the model accepts. When given, the
+            result is checked against ``model`` on it before it is returned. A
             ``Linear -> BatchNorm1d`` pair folds only when it shows the activations are
             ``(N, F)`` (on ``(N, C, L)`` the two act on different dims); without it such
             pairs are left alone and the report says why.
@@ -318,6 +337,7 @@ def fold_batchnorm(
     Raises:
         ValueError: ``model`` (or a submodule) is in training mode.
         TypeError: ``model`` is not an ``nn.Module``.
+        VerificationError: the result differs from ``model`` on ``example_input``.
 
     Shape:
         Unchanged: the copy computes ``model``'s function.
@@ -340,6 +360,8 @@ def fold_batchnorm(
     if example_input is not None:
         _check_example(model, example_input)
     result, report = _fold_model(model, example_input, in_place=False)
+    if example_input is not None:
+        check_transform("fold_batchnorm", model, result, example_input)
     return (result, report) if with_report else result
 
 
@@ -348,17 +370,22 @@ def _fold_model(
 ) -> tuple[nn.Module, PassReport]:
     """``fold_batchnorm``'s work; with ``in_place`` the caller hands ``model`` over and it
     may be changed instead of copied."""
+    everywhere = global_hooks()
+    if everywhere is not None:
+        report = PassReport("fold_batchnorm", skipped=[("model", f"left as it is: {everywhere}")])
+        return (model if in_place else copy_module(model)), report
     graph, why = trace(model)
     report = PassReport("fold_batchnorm", traced=graph is not None)
     if graph is None:
-        result = model if in_place else copy.deepcopy(model)
-        _fold_sequentials(result, report)
+        result = model if in_place else copy_module(model)
+        _fold_sequentials(result, report, chain_proofs(result, example_input))
         report.skipped.append(
             ("model", f"does not trace ({why}); only layers adjacent in nn.Sequential folded")
         )
         return result, report
 
     modules = dict(model.named_modules())
+    report_untouchable(report, graph, modules)
     counts = call_counts(graph)
     plans: list[tuple[fx.Node, fx.Node, bool]] = []  # (layer, norm, swap the modules)
     linear_pairs = []
@@ -397,6 +424,13 @@ def _fold_model(
             "to show their layout"
         )
         report.skipped.append((str(node.target), why))
+    own = why_untouchable(model)
+    if own is not None:  # a graph module would not run the model's own hooks
+        for _, node, _ in [p for p in plans if not p[2]]:
+            report.skipped.append(
+                (str(node.target), f"folding it needs a graph rewrite, but the model {own}")
+            )
+        plans = [p for p in plans if p[2]]
 
     if all(swap for _, _, swap in plans):
         if in_place:
@@ -404,7 +438,7 @@ def _fold_model(
         else:
             # the layers and norms about to be replaced are not worth copying
             skip = [modules[str(n.target)] for plan in plans for n in plan[:2]]
-            result = copy.deepcopy(model, {id(m): nn.Identity().train(m.training) for m in skip})
+            result = copy_module(model, {id(m): nn.Identity().train(m.training) for m in skip})
         for prev, node, _ in plans:
             set_module(
                 result,
@@ -415,7 +449,7 @@ def _fold_model(
             report.applied.append(f"{prev.target} <- {node.target}")
         return result, report
 
-    gm = graph_module(model if in_place else copy.deepcopy(model), graph, model)
+    gm = graph_module(model if in_place else copy_module(model), graph, model)
     for prev, node, swap in plans:
         folded = fold_conv_bn(modules[str(prev.target)], modules[str(node.target)])
         if swap:

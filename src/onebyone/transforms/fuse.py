@@ -17,27 +17,31 @@ Batch norms are folded first (``fold_batchnorm``).
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Literal, overload
 
 from torch import fx, nn
 
+from onebyone.activations import module_activation
 from onebyone.geometry import is_pointwise
 from onebyone.nn.conv import Conv1x1
+from onebyone.nn.untouchable import copy_module, global_hooks, why_untouchable
 from onebyone.transforms._fx import (
     activation_of,
     any_inplace,
     call_counts,
+    chain_proofs,
     drop_identities,
     graph_module,
     is_add,
     plain_sequentials,
+    report_untouchable,
     set_module,
     trace,
 )
-from onebyone.transforms.fold import _fold_model, check_eval, check_model
+from onebyone.transforms.fold import _check_example, _fold_model, check_eval, check_model
 from onebyone.transforms.fused import FusedConv1x1, FusedConv2d
 from onebyone.transforms.report import PassReport
+from onebyone.transforms.verify import check_transform
 
 __all__ = ["fuse_epilogues"]
 
@@ -56,6 +60,9 @@ def _fusable(m: nn.Module) -> str | None:
     """Why ``m`` cannot become a fused convolution, or ``None``."""
     if isinstance(m, (FusedConv1x1, FusedConv2d)):
         return "already fused"
+    reason = why_untouchable(m, Conv1x1 if isinstance(m, Conv1x1) else nn.Conv2d)
+    if reason is not None:
+        return reason
     if _is_1x1(m):
         return None
     if type(m) is not nn.Conv2d:
@@ -63,6 +70,13 @@ def _fusable(m: nn.Module) -> str | None:
     if isinstance(m.padding, str) or m.padding_mode != "zeros":
         return "padding is not numeric zero padding"
     return None
+
+
+def _report_held_activation(report: PassReport, where: str, m: nn.Module | None) -> None:
+    """Name an activation module that stays out of any fusion because of its hooks."""
+    reason = None if m is None or module_activation(m) is None else why_untouchable(m)
+    if reason is not None:
+        report.skipped.append((where, f"{reason}: not fused into a convolution"))
 
 
 def _make_fused(m: nn.Module, activation: str | None, position: str) -> nn.Module:
@@ -143,9 +157,12 @@ def _fuse_graph(
     model: nn.Module, graph: fx.Graph, report: PassReport, *, in_place: bool
 ) -> fx.GraphModule:
     modules = dict(model.named_modules())
+    report_untouchable(report, graph, modules)
+    for node in graph.nodes:
+        _report_held_activation(report, str(node.target), modules.get(str(node.target)))
     drop_identities(graph, modules, dropout=True)
     counts = call_counts(graph)
-    gm = graph_module(model if in_place else copy.deepcopy(model), graph, model)
+    gm = graph_module(model if in_place else copy_module(model), graph, model)
     nodes = list(graph.nodes)
     order = {n: i for i, n in enumerate(nodes)}
     for conv_node in nodes:
@@ -200,13 +217,18 @@ def _fuse_graph(
     return gm
 
 
-def _fuse_sequentials(root: nn.Module, report: PassReport) -> None:
-    """Module-level fusion: a convolution followed by an activation in an ``nn.Sequential``."""
+def _fuse_sequentials(root: nn.Module, report: PassReport, unproven: dict[int, str]) -> None:
+    """Module-level fusion: a convolution followed by an activation in an ``nn.Sequential``
+    shown to run as one chain (``unproven``: why the others are not)."""
     for path, seq in plain_sequentials(root):
         names = list(seq._modules)
         for i, a in enumerate(names):
             conv = seq._modules[a]
-            if not isinstance(conv, (nn.Conv2d, Conv1x1)) or _fusable(conv) is not None:
+            if not isinstance(conv, (nn.Conv2d, Conv1x1)):
+                continue
+            reason = unproven.get(id(seq)) or _fusable(conv)
+            if reason is not None:
+                report.skipped.append((f"{path}.{a}" if path else a, reason))
                 continue
             act: str | None = None
             # the next child that is not an identity (a folded norm leaves one behind)
@@ -214,6 +236,8 @@ def _fuse_sequentials(root: nn.Module, report: PassReport) -> None:
                 (n for n in names[i + 1 :] if not isinstance(seq._modules[n], nn.Identity)), None
             )
             following = seq._modules[nxt] if nxt is not None else None
+            if nxt is not None:
+                _report_held_activation(report, f"{path}.{nxt}" if path else nxt, following)
             own = conv.activation if isinstance(conv, Conv1x1) else None
             if own is None and following is not None:
                 g = fx.Graph()
@@ -229,17 +253,19 @@ def _fuse_sequentials(root: nn.Module, report: PassReport) -> None:
 
 
 @overload
-def fuse_epilogues(model: nn.Module, *, with_report: Literal[False] = False) -> nn.Module: ...
+def fuse_epilogues(
+    model: nn.Module, example_input: object = None, *, with_report: Literal[False] = False
+) -> nn.Module: ...
 
 
 @overload
 def fuse_epilogues(
-    model: nn.Module, *, with_report: Literal[True]
+    model: nn.Module, example_input: object = None, *, with_report: Literal[True]
 ) -> tuple[nn.Module, PassReport]: ...
 
 
 def fuse_epilogues(
-    model: nn.Module, *, with_report: bool = False
+    model: nn.Module, example_input: object = None, *, with_report: bool = False
 ) -> nn.Module | tuple[nn.Module, PassReport]:
     """A copy of ``model`` whose convolutions run with their epilogue fused.
 
@@ -252,12 +278,24 @@ def fuse_epilogues(
     activation inside an ``nn.Sequential``); the report says what was skipped
     and why. ``model`` is never modified; dtypes are kept.
 
+    A convolution or activation with hooks or a parametrisation, a subclass with
+    its own ``forward``, and a module with hooks and layers inside are left as they
+    are and named in the report.
+
     Args:
         model: a model in eval mode.
+        example_input: optional tensor (or tuple) the model accepts. When given, the
+            result is checked against ``model`` on it before it is returned, and a model
+            that does not trace is fused inside the ``nn.Sequential`` containers it shows
+            running their children as one chain (without it, nothing is fused there).
         with_report: also return the ``PassReport`` (the folds are listed in it too).
 
     Returns:
         The fused copy, a ``torch.fx.GraphModule`` when the model traces (and the report).
+
+    Raises:
+        ValueError: ``model`` (or a submodule) is in training mode.
+        VerificationError: the result differs from ``model`` on ``example_input``.
 
     Shape:
         Unchanged: the copy computes ``model``'s function.
@@ -273,25 +311,40 @@ def fuse_epilogues(
     """
     check_model(model)
     check_eval(model)
-    folded, fold_report = _fold_model(model, None, in_place=False)
-    result, report = _fuse_model(folded, in_place=True)
+    if example_input is not None:
+        _check_example(model, example_input)
+    folded, fold_report = _fold_model(model, example_input, in_place=False)
+    result, report = _fuse_model(folded, example_input, in_place=True)
     report.applied[:0] = fold_report.applied
+    report.skipped[:0] = fold_report.skipped
+    if example_input is not None:
+        check_transform("fuse_epilogues", model, result, example_input)
     return (result, report) if with_report else result
 
 
-def _fuse_model(model: nn.Module, *, in_place: bool) -> tuple[nn.Module, PassReport]:
+def _fuse_model(
+    model: nn.Module, example_input: object, *, in_place: bool
+) -> tuple[nn.Module, PassReport]:
     """``fuse_epilogues``'s work on a model whose batch norms are folded already; with
     ``in_place`` ``model`` may be changed instead of copied."""
+    everywhere = global_hooks()
+    if everywhere is not None:
+        report = PassReport("fuse_epilogues", skipped=[("model", f"left as it is: {everywhere}")])
+        return (model if in_place else copy_module(model)), report
     graph, why = trace(model)
+    own = why_untouchable(model)
+    if graph is not None and own is not None:  # a graph module would not run its hooks
+        graph, why = None, f"is not rewritten as a graph: it {own}"
+    elif graph is None:
+        why = f"does not trace ({why})"
     report = PassReport("fuse_epilogues", traced=graph is not None)
     if graph is None:
-        result = model if in_place else copy.deepcopy(model)
-        _fuse_sequentials(result, report)
+        result = model if in_place else copy_module(model)
+        _fuse_sequentials(result, report, chain_proofs(result, example_input))
         report.skipped.append(
             (
                 "model",
-                f"does not trace ({why}); residual adds not fused, only conv -> activation "
-                "inside nn.Sequential",
+                f"{why}; residual adds not fused, only conv -> activation inside nn.Sequential",
             )
         )
         return result, report

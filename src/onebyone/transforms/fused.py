@@ -25,6 +25,7 @@ from onebyone.geometry import conv_output_size, pointwise_output_size
 from onebyone.kernels import onednn, routing
 from onebyone.kernels.epilogue import records_grad
 from onebyone.nn.conv import Conv1x1
+from onebyone.nn.untouchable import check_convertible
 from onebyone.transforms._fx import register_leaf
 
 __all__ = ["RESIDUAL_POSITIONS", "FusedConv1x1", "FusedConv2d"]
@@ -98,6 +99,7 @@ class FusedConv2d(nn.Conv2d):
         """A fused copy of ``conv`` (parameters copied; dtype, device and mode kept)."""
         if not isinstance(conv, nn.Conv2d):
             raise _checks.invalid("conv", "an nn.Conv2d", type(conv).__name__, kind=TypeError)
+        check_convertible("conv", conv, nn.Conv2d)
         if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
             raise _checks.invalid("conv", "an nn.Conv2d with numeric zero padding", conv)
         w = conv.weight
@@ -226,6 +228,8 @@ class FusedConv1x1(Conv1x1):
     ) -> FusedConv1x1:
         """A fused copy of a ``Conv1x1`` (keeping its own activation) or of a 1x1
         ``nn.Conv2d`` without padding; dtype, device and mode kept."""
+        if isinstance(conv, (Conv1x1, nn.Conv2d)):
+            check_convertible("conv", conv, Conv1x1 if isinstance(conv, Conv1x1) else nn.Conv2d)
         if isinstance(conv, Conv1x1):
             if activation is not None and conv.activation is not None:
                 raise _checks.invalid(

@@ -10,12 +10,12 @@ same interface.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 from torch import nn
 
+from onebyone.nn.untouchable import copy_module
 from onebyone.transforms.fold import check_model
 
 __all__ = [
@@ -97,7 +97,7 @@ def to_channels_last(model: nn.Module) -> ChannelsLast:
         True
     """
     check_model(model)
-    converted = copy.deepcopy(model).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    converted = copy_module(model).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return ChannelsLast(converted).train(model.training)
 
 
@@ -153,4 +153,4 @@ def cast(model: nn.Module, dtype: torch.dtype) -> CastDtype:
             "Invalid value for argument `dtype`. Expected a floating-point torch.dtype. "
             f"Received dtype={dtype!r}."
         )
-    return CastDtype(copy.deepcopy(model).to(dtype), dtype).train(model.training)
+    return CastDtype(copy_module(model).to(dtype), dtype).train(model.training)

@@ -16,7 +16,6 @@ than it saves; ``only_if_cheaper=True`` keeps those apart.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import operator
 from typing import Any, Literal, cast, overload
@@ -26,25 +25,31 @@ from torch import fx, nn
 
 from onebyone.geometry import is_pointwise
 from onebyone.nn.conv import Conv1x1
+from onebyone.nn.untouchable import copy_module, global_hooks, why_untouchable
 from onebyone.transforms._fx import (
     activation_of,
     any_inplace,
     call_counts,
+    chain_proofs,
     graph_module,
     owner_counts,
     plain_sequentials,
+    report_untouchable,
     set_module,
     trace,
 )
 from onebyone.transforms.fold import (
     _BN_TYPES,
+    _check_example,
     batchnorm_affine,
     check_eval,
     check_model,
     fold_conv_bn,
+    known_base,
     why_not_foldable,
 )
 from onebyone.transforms.report import PassReport
+from onebyone.transforms.verify import check_transform
 
 __all__ = ["merge_pointwise", "merge_pointwise_weights"]
 
@@ -95,6 +100,9 @@ def merge_pointwise_weights(
 
 def _pointwise(module: Any) -> str | None:
     """Why ``module`` is not a plain pointwise convolution, or ``None`` when it is."""
+    reason = why_untouchable(module, known_base(module))
+    if reason is not None:
+        return reason
     if isinstance(module, Conv1x1):
         return "it is grouped" if module.groups != 1 else None
     if type(module) is nn.Conv2d:
@@ -141,7 +149,7 @@ def _merge_bn_conv(bn: Any, conv: Any) -> nn.Module:
     b = w.detach().reshape(k, c).to(torch.float64) @ shift  # (K,)
     if conv.bias is not None:
         b = b + conv.bias.detach().to(torch.float64)
-    out = copy.deepcopy(conv)
+    out = copy_module(conv)
     grad = bool(w.requires_grad)
     out.weight = nn.Parameter(w_scaled.reshape(w.shape).to(w.dtype), requires_grad=grad)
     if "bias" not in out._parameters and hasattr(out, "bias"):
@@ -162,6 +170,9 @@ def _plan(first: Any, second: Any, only_if_cheaper: bool) -> tuple[str | None, s
         ), "conv-bn"
     if first_bn:
         reason = _pointwise(second)
+        untouchable = why_untouchable(first, known_base(first))
+        if reason is None and untouchable is not None:
+            reason = f"the batch norm {untouchable}"
         if reason is None and type(first) is not nn.BatchNorm2d:
             reason = f"{type(first).__name__} before a 2-D convolution"
         if reason is None and (first.running_mean is None or first.training):
@@ -202,10 +213,15 @@ def _candidate(module: nn.Module | None) -> bool:
         return True
     if isinstance(module, Conv1x1):
         return True
-    return type(module) is nn.Conv2d and is_pointwise(module.kernel_size)
+    # subclasses too: ``_plan`` says why one with its own forward stays
+    return isinstance(module, nn.Conv2d) and is_pointwise(module.kernel_size)
 
 
-def _merge_sequentials(root: nn.Module, only_if_cheaper: bool, report: PassReport) -> None:
+def _merge_sequentials(
+    root: nn.Module, only_if_cheaper: bool, report: PassReport, unproven: dict[int, str]
+) -> None:
+    """Merge adjacent children of plain ``nn.Sequential`` containers shown to run as one
+    chain (``unproven``: why the others are not)."""
     owners = owner_counts(root)
     for path, seq in plain_sequentials(root):
         names = list(seq._modules)
@@ -215,6 +231,7 @@ def _merge_sequentials(root: nn.Module, only_if_cheaper: bool, report: PassRepor
                 continue
             where = f"{path}.{a} -> {path}.{b}" if path else f"{a} -> {b}"
             reason, kind = _plan(first, second, only_if_cheaper)
+            reason = unproven.get(id(seq)) or reason
             if reason is None and (owners[id(first)] > 1 or owners[id(second)] > 1):
                 reason = "a layer is shared with another part of the model"
             if reason is not None:
@@ -228,6 +245,7 @@ def _merge_sequentials(root: nn.Module, only_if_cheaper: bool, report: PassRepor
 @overload
 def merge_pointwise(
     model: nn.Module,
+    example_input: object = None,
     *,
     only_if_cheaper: bool = False,
     siblings: bool = False,
@@ -238,6 +256,7 @@ def merge_pointwise(
 @overload
 def merge_pointwise(
     model: nn.Module,
+    example_input: object = None,
     *,
     only_if_cheaper: bool = False,
     siblings: bool = False,
@@ -247,6 +266,7 @@ def merge_pointwise(
 
 def merge_pointwise(
     model: nn.Module,
+    example_input: object = None,
     *,
     only_if_cheaper: bool = False,
     siblings: bool = False,
@@ -262,8 +282,17 @@ def merge_pointwise(
     type, and its activation) and the first becomes ``nn.Identity``. Chains
     merge pair by pair. ``model`` is never modified.
 
+    A layer with hooks or a parametrisation, a subclass with its own
+    ``forward``, and a module with hooks and layers inside are left as they are and
+    named in the report.
+
     Args:
         model: a model in eval mode.
+        example_input: optional tensor (or tuple) the model accepts. When given, the
+            result is checked against ``model`` on it before it is returned, and a model
+            that does not trace is merged inside the ``nn.Sequential`` containers it
+            shows running their children as one chain (without it, nothing is merged
+            there).
         only_if_cheaper: merge two convolutions only when the merged one needs no
             more multiplies than the pair (a ``C -> M -> K`` bottleneck with
             ``K * C > M * (C + K)`` stays apart).
@@ -276,6 +305,10 @@ def merge_pointwise(
 
     Returns:
         The merged copy (and the report when ``with_report``).
+
+    Raises:
+        ValueError: ``model`` (or a submodule) is in training mode.
+        VerificationError: the result differs from ``model`` on ``example_input``.
 
     Shape:
         Unchanged: the copy computes ``model``'s function.
@@ -301,28 +334,43 @@ def merge_pointwise(
             "Invalid value for argument `siblings`. Expected True or False. "
             f"Received siblings={siblings!r}."
         )
+    if example_input is not None:
+        _check_example(model, example_input)
     result, report = _merge_model(
-        model, only_if_cheaper=only_if_cheaper, in_place=False, siblings=siblings
+        model, example_input, only_if_cheaper=only_if_cheaper, in_place=False, siblings=siblings
     )
+    if example_input is not None:
+        check_transform("merge_pointwise", model, result, example_input)
     return (result, report) if with_report else result
 
 
 def _merge_model(
-    model: nn.Module, *, only_if_cheaper: bool, in_place: bool, siblings: bool
+    model: nn.Module,
+    example_input: object,
+    *,
+    only_if_cheaper: bool,
+    in_place: bool,
+    siblings: bool,
 ) -> tuple[nn.Module, PassReport]:
     """``merge_pointwise``'s work; with ``in_place`` ``model`` may be changed instead of
     copied."""
+    result = model if in_place else copy_module(model)
+    everywhere = global_hooks()
+    if everywhere is not None:
+        return result, PassReport(
+            "merge_pointwise", skipped=[("model", f"left as it is: {everywhere}")]
+        )
     graph, why = trace(model)
     report = PassReport("merge_pointwise", traced=graph is not None)
-    result = model if in_place else copy.deepcopy(model)
     if graph is None:
-        _merge_sequentials(result, only_if_cheaper, report)
+        _merge_sequentials(result, only_if_cheaper, report, chain_proofs(result, example_input))
         report.skipped.append(
             ("model", f"does not trace ({why}); only layers adjacent in nn.Sequential merged")
         )
         return result, report
 
     modules = dict(result.named_modules())
+    report_untouchable(report, graph, modules)
     current = dict(modules)  # path -> module in the copy, updated as we merge
     counts = call_counts(graph)
     for node in graph.nodes:
@@ -351,6 +399,10 @@ def _merge_model(
             nn.Identity().train(first.training),
         )
         report.applied.append(where)
+    own = why_untouchable(result)
+    if siblings and own is not None:  # a graph module would not run the model's hooks
+        report.skipped.append(("model", f"siblings not merged (a graph rewrite): it {own}"))
+        siblings = False
     return (_merge_siblings(result, report) if siblings else result), report
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "VerificationError",
     "VerifyReport",
     "as_inputs",
+    "check_transform",
     "default_tolerance",
     "verify",
 ]
@@ -256,6 +257,25 @@ def verify(
     report = compare(ref_out, cand_out, rtol=rtol, atol=atol)
     check(report)
     return report
+
+
+def check_transform(
+    transform: str, model: nn.Module, result: nn.Module, example_input: object
+) -> VerifyReport:
+    """``verify(model, result, example_input)`` before a transform returns ``result``.
+
+    Raises:
+        VerificationError: ``result`` computes something else on ``example_input``: the
+            transform refuses rather than return it.
+    """
+    try:
+        return verify(model, result, as_inputs(example_input))
+    except VerificationError as exc:
+        raise VerificationError(
+            f"{transform} refused: its result differs from the model on example_input "
+            f"({exc}); nothing was returned and the model is unchanged",
+            exc.report,
+        ) from exc
 
 
 def check(report: VerifyReport) -> None:
