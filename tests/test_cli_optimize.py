@@ -98,7 +98,7 @@ def test_bfloat16_is_refused_or_reports_its_error(capsys: pytest.CaptureFixture[
     [
         (["optimize", "resnet51"], "Invalid value for argument `MODEL`"),
         (["optimize", "squeezenet1_1", "--input", "1x3xQ"], "Invalid value for argument `--input`"),
-        (["optimize", "squeezenet1_1", "--input", "1x4x32x32"], "argument `example_input`"),
+        (["optimize", "squeezenet1_1", "--input", "1x4x32x32"], "rejected --input 1x4x32x32"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(

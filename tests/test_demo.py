@@ -99,7 +99,7 @@ def test_demo_flags_reach_the_training_and_no_figures_draws_none(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--epochs", "0"], r"Invalid value for argument `epochs`\. Expected a positive int"),
+        (["--epochs", "0"], r"Invalid value for argument `--epochs`\. Expected a positive int"),
         (["--out", "FILE"], r"Invalid value for argument `--out`\. Expected a folder"),
     ],
 )
