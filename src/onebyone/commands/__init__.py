@@ -10,6 +10,7 @@ SUMMARIES: dict[str, str] = {
     "explain": "the seeds' worked examples, computed step by step, with figures",
     "explore": "open the explorer page: change a weight and watch the output map change",
     "optimize": "make a model faster on the engines users pick, with outputs verified equal",
+    "compress": "split a model's convolutions into bottlenecks to meet a MAC budget (lossy)",
     "list": "the models MODEL can name: built-in ones, or timm's and torchvision's",
 }
 """Each subcommand's one-line help, in ``--help`` order."""
