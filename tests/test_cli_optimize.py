@@ -1,11 +1,13 @@
 """``onebyone optimize``: the report, ONNX written atomically, weights, bad input.
 
-The output rule itself (commands._output) is tested in test_cli_output.py.
+The output rule itself (onebyone._files) is tested in test_cli_output.py.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import stat
 from pathlib import Path
 
 import onnx
@@ -42,6 +44,7 @@ def test_onnx_is_written_checked_and_not_clobbered(
     out = capsys.readouterr().out
     assert "ONNX Runtime vs the original: max rel error" in out
     onnx.checker.check_model(str(target))
+    assert stat.S_IMODE(target.stat().st_mode) & 0o077 == 0  # nobody else reads it
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name or p.name.endswith(".tmp")]
     stamp = target.stat().st_mtime_ns
     assert main(["optimize", *SMALL, "--onnx", str(target)]) == 2
@@ -64,6 +67,10 @@ def test_openvino_ir_is_written_into_a_folder(
     assert model.inputs[0].get_partial_shape()[0].is_dynamic  # any batch size
     assert "OpenVINO vs the original: max rel error" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ir"]
+    mask = os.umask(0)
+    os.umask(mask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [target, *target.iterdir()]}
+    assert modes == {"ir": 0o700 & ~mask, "model.bin": 0o600 & ~mask, "model.xml": 0o600 & ~mask}
 
 
 def test_weights_load_from_safetensors_and_torch_files(
@@ -98,7 +105,7 @@ def test_bfloat16_is_refused_or_reports_its_error(capsys: pytest.CaptureFixture[
     [
         (["optimize", "resnet51"], "Invalid value for argument `MODEL`"),
         (["optimize", "squeezenet1_1", "--input", "1x3xQ"], "Invalid value for argument `--input`"),
-        (["optimize", "squeezenet1_1", "--input", "1x4x32x32"], "argument `example_input`"),
+        (["optimize", "squeezenet1_1", "--input", "1x4x32x32"], "rejected --input 1x4x32x32"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(

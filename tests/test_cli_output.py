@@ -209,6 +209,17 @@ def test_an_unwritable_folder_is_refused_before_any_work(tmp_path: Path):
         output_file("--json", str(locked / "r"), ".json")
 
 
+def test_one_output_stages_on_its_own(tmp_path: Path):
+    out = output_file("--out", str(tmp_path / "model"), ".safetensors")
+    with pytest.raises(RuntimeError), out.staging() as temp:
+        temp.write_bytes(b"half")
+        raise RuntimeError("failed")
+    assert listing(tmp_path) == []
+    with out.staging() as temp:
+        temp.write_bytes(b"whole")
+    assert listing(tmp_path) == ["model.safetensors"] and out.path.read_bytes() == b"whole"
+
+
 def test_two_outputs_may_not_write_one_file(tmp_path: Path):
     outs = [
         output_folder("--save-figures", str(tmp_path / "d"), ["index.html"]),

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
+import stat
 
 import pytest
 
@@ -31,6 +33,18 @@ def quick_run(tmp_path_factory):
     with contextlib.redirect_stdout(printed):
         status = main(["demo", "--quick", "--out", str(out)])
     return status, out, printed.getvalue()
+
+
+def test_the_tour_files_are_private(quick_run):
+    from onebyone.commands.demo import FIGURE_FILES, SUMMARY_FILE
+
+    status, out, _ = quick_run
+    assert status == 0 and sorted(FIGURE_FILES) == FIGURES
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700 & ~mask
+    for name in [*FIGURE_FILES, SUMMARY_FILE]:
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o600 & ~mask, name
 
 
 def test_quick_demo_spells_out_the_seeds_worked_example(quick_run):
@@ -102,7 +116,7 @@ def test_demo_flags_reach_the_training_and_no_figures_draws_none(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--epochs", "0"], r"Invalid value for argument `epochs`\. Expected a positive int"),
+        (["--epochs", "0"], r"Invalid value for argument `--epochs`\. Expected a positive int"),
         (["--out", "FILE"], r"Invalid value for argument `--out`\. Expected a folder"),
     ],
 )

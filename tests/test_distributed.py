@@ -361,7 +361,7 @@ def test_demo_distributed_with_one_process_is_refused(capsys, tmp_path):
     captured = capsys.readouterr()
     assert captured.out == ""  # refused before the tour starts
     assert re.search(
-        r"Invalid value for argument `nproc_per_node`\. Expected at least 2", captured.err
+        r"Invalid value for argument `--nproc-per-node`\. Expected at least 2", captured.err
     )
     assert captured.err.count("\n") == 1 and list(tmp_path.iterdir()) == []
 

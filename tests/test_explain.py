@@ -251,7 +251,7 @@ def test_cli_topic_and_figure(capsys, tmp_path):
 def test_cli_unknown_topic_is_one_line(capsys):
     assert main(["explain", "nope"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("onebyone explain: error: Invalid value for argument `topic`")
+    assert err.startswith("onebyone explain: error: Invalid value for argument `TOPIC`")
     assert err.count("\n") == 1
 
 

@@ -83,6 +83,19 @@ class Output:
         """Whether the output is a folder."""
         return self.names is not None
 
+    def staging(self) -> contextlib.AbstractContextManager[Path]:
+        """``staged([self])`` for one output: yields its temporary path.
+
+        Example:
+            >>> import tempfile
+            >>> out = output_file("--json", tempfile.mkdtemp() + "/r", ".json")
+            >>> with out.staging() as temp:
+            ...     _ = temp.write_text("{}")
+            >>> out.path.read_text()
+            '{}'
+        """
+        return _single(self)
+
     def check(self) -> None:
         """Refuse the output now if writing it at the end could not succeed.
 
@@ -419,6 +432,12 @@ def staged(outputs: Sequence[Output]) -> Iterator[list[Path]]:
             raise clean from None
         raise
     commit.done()
+
+
+@contextlib.contextmanager
+def _single(out: Output) -> Iterator[Path]:
+    with staged([out]) as (temp,):
+        yield temp
 
 
 def write_file(

@@ -1,7 +1,9 @@
 """``onebyone ...``: the command-line interface.
 
 Each subcommand lives in ``onebyone.commands.<name>`` with ``register(subparsers)``
-and ``run(args) -> int``, and calls one public function of the library. Every
+and ``run(args) -> int``, and calls one public function of the library. Only
+the module of the subcommand that runs is imported (``--help`` imports none,
+so it starts without loading torch). Every
 failure becomes one line on stderr and a non-zero exit, never a traceback: 2
 for bad input (``ValueError``, ``TypeError``, ``KeyError``), 1 for anything
 else. ``ONEBYONE_DEBUG=1`` in the environment prints the traceback as well.
@@ -18,9 +20,10 @@ import traceback
 from collections.abc import Sequence
 
 from onebyone import __version__
+from onebyone.commands import MODULES, SUMMARIES
 
-COMMANDS: tuple[str, ...] = ("demo", "analyze", "explain", "explore", "optimize", "compress")
-"""Subcommand modules under ``onebyone.commands``, in ``--help`` order."""
+COMMANDS: tuple[str, ...] = tuple(SUMMARIES)
+"""The subcommands, in ``--help`` order."""
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -63,8 +66,9 @@ def error_line(exc: Exception) -> str:
     return lines[0] if isinstance(exc, _EXPECTED) else f"{type(exc).__name__}: {lines[0]}"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand registered."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; ``command``'s own options are registered (its module
+    imported), every other subcommand only by name and summary."""
     parser = argparse.ArgumentParser(
         prog="onebyone",
         description="1x1 (pointwise) convolutions: op, models, costs, transforms, explanations.",
@@ -72,15 +76,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"onebyone {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        module = importlib.import_module(f"onebyone.commands.{name}")
-        module.register(sub)
+        if name == command:
+            module = importlib.import_module(f"onebyone.commands.{MODULES.get(name, name)}")
+            module.register(sub)
+        else:
+            sub.add_parser(name, help=SUMMARIES[name])
     return parser
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names: its first word that is not an option."""
+    return next((word for word in argv if not word.startswith("-")), None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command(words))
+    args = parser.parse_args(words)
     if args.command is None:
         parser.print_help()
         return 0

@@ -19,6 +19,7 @@ from rich.table import Table
 from torch import nn
 
 from onebyone import _checks, _files, _optional
+from onebyone.commands import SUMMARIES
 from onebyone.commands._common import (
     MODEL_FORMS,
     REJECTIONS,
@@ -28,6 +29,7 @@ from onebyone.commands._common import (
     rejected_input,
     resolve_model,
 )
+from onebyone.commands._terminal import Col, fit
 from onebyone.cost import CONVENTION
 from onebyone.profiling import (
     CATEGORIES,
@@ -46,7 +48,7 @@ _PEAK_FORM = "'measure' or GFLOPS,GBPS (two positive numbers, such as 480,20)"
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "analyze",
-        help="exact parameters, MACs, FLOPs, bytes and roofline of every layer of a model",
+        help=SUMMARIES["analyze"],
         description=("Run MODEL once and count every layer it executes. " + CONVENTION),
     )
     p.add_argument("model", metavar="MODEL", help=MODEL_FORMS)
@@ -136,21 +138,27 @@ def _share(part: float, whole: float) -> str:
     return f"{100 * part / whole:.1f}%" if whole else "-"
 
 
-def _layer_table(prof: Profile, top: int | None) -> Table:
+_LAYER_COLUMNS = (
+    Col("#"), Col("layer", "left", text=True), Col("op", "left", text=True),
+    Col("category", "left", text=True), Col("output"), Col("params"), Col("MACs"), Col("bytes"),
+    Col("FLOP/B"), Col("time us"), Col("bound", "left", text=True),
+)  # fmt: skip
+_CATEGORY_COLUMNS = (
+    Col("category", "left", text=True), Col("layers"), Col("params"), Col("% params"),
+    Col("MACs"), Col("% MACs"), Col("bytes"), Col("% time"),
+)  # fmt: skip
+
+
+def _layer_tables(prof: Profile, top: int | None, width: int) -> list[Table]:
     rows = list(enumerate(prof.layers))
     title = "every counted layer, in execution order"
     if top is not None:
         rows = sorted(rows, key=lambda r: (-r[1].cost.macs, -r[1].cost.bytes_moved))[:top]
         title = f"the {len(rows)} layers with the most MACs"
-    table = Table(title=title)
-    for column in ("#", "layer", "op", "category", "output", "params", "MACs", "bytes",
-                   "FLOP/B", "time us", "bound"):  # fmt: skip
-        table.add_column(
-            column, justify="left" if column in ("layer", "op", "category") else "right"
-        )
+    cells = []
     for index, layer in rows:
         c = layer.cost
-        table.add_row(
+        cells.append([
             str(index),
             layer.name or f"({layer.type})",
             layer.op,
@@ -162,21 +170,17 @@ def _layer_table(prof: Profile, top: int | None) -> Table:
             f"{c.arithmetic_intensity:.1f}",
             "-" if layer.time_s is None else f"{layer.time_s * 1e6:.1f}",
             layer.bound or "-",
-        )
-    return table
+        ])  # fmt: skip
+    return fit(_LAYER_COLUMNS, cells, width, title=title, keys=2)
 
 
-def _category_table(prof: Profile) -> Table:
+def _category_tables(prof: Profile, width: int) -> list[Table]:
     total = prof.total
     time_total = prof.time_s
-    table = Table(title="share by category (a parameter shared across categories counts in each)")
-    for column in ("category", "layers", "params", "% params", "MACs", "% MACs", "bytes",
-                   "% time"):  # fmt: skip
-        table.add_column(column, justify="left" if column == "category" else "right")
     counts = {c: sum(1 for layer in prof.layers if layer.category == c) for c in CATEGORIES}
     times = {c: sum(l.time_s or 0.0 for l in prof.layers if l.category == c) for c in CATEGORIES}
-    for category, cost in prof.by_category().items():
-        table.add_row(
+    cells = [
+        [
             category,
             str(counts[category]),
             f"{cost.params:,}",
@@ -185,8 +189,11 @@ def _category_table(prof: Profile) -> Table:
             _share(cost.macs, total.macs),
             _si(cost.bytes_moved),
             "-" if time_total is None else _share(times[category], time_total),
-        )
-    return table
+        ]
+        for category, cost in prof.by_category().items()
+    ]
+    title = "share by category (a parameter shared across categories counts in each)"
+    return fit(_CATEGORY_COLUMNS, cells, width, title=title)
 
 
 def _report(console: Console, prof: Profile, spec: str, args: argparse.Namespace) -> None:
@@ -195,8 +202,11 @@ def _report(console: Console, prof: Profile, spec: str, args: argparse.Namespace
     console.print(f"convention: {CONVENTION}")
     console.print(f"roofline: {prof.peak_note}")
     if not args.by_category:
-        console.print(_layer_table(prof, None if args.top is None else _top(args.top)))
-    console.print(_category_table(prof))
+        top = None if args.top is None else _top(args.top)
+        for table in _layer_tables(prof, top, console.width):
+            console.print(table)
+    for table in _category_tables(prof, console.width):
+        console.print(table)
     t = prof.total
     console.print(
         f"[bold]total[/]: params {t.params:,} ({_si(t.params)}), MACs {t.macs:,} "
@@ -317,9 +327,7 @@ def run(args: argparse.Namespace) -> int:
             prof = profile(model, shape, peak=peak)
         except REJECTIONS as exc:  # the model rejects the input
             raise rejected_input(args.model, model, shape, exc) from None
-    console = Console()
-    if not console.is_terminal:
-        console.width = 160
+    console = Console()  # the terminal's width, else COLUMNS, else 80
     _report(console, prof, args.model, args)
     for path in _write(prof, outputs):
         console.print(f"wrote {path}", highlight=False, soft_wrap=True)

@@ -7,7 +7,7 @@ error, held-out agreement/accuracy before and after fine-tuning, and latency
 through ``optimize``. ``--data`` is a folder of ``.npy``/``.pt`` tensors or
 images (in one sub-folder per class for labels), or ``digits`` (scikit-learn's
 digits). ``MODEL`` ``digits`` is the demo's Network-in-Network, trained first as
-the demo does. ``--out`` follows ``commands._output``'s rule.
+the demo does. ``--out`` follows ``onebyone._files``'s rule.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from onebyone.commands._common import (
     parse_options,
     resolve_model,
 )
-from onebyone.commands._output import output_file
+from onebyone._files import output_file
 from onebyone.deploy import ENGINES
 from onebyone.transforms.compress import CompressReport, compress, save_compressed
 

@@ -30,6 +30,8 @@ from rich.table import Table
 
 import onebyone as obo
 from onebyone import _checks, _files, _optional
+from onebyone.commands import SUMMARIES
+from onebyone.commands._terminal import fit, table_columns
 from onebyone.commands.explain import render_worked_example
 from onebyone.deploy import optimize
 from onebyone.explain import worked_example
@@ -61,7 +63,7 @@ FIGURE_FILES = (
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "demo",
-        help="a tour of 1x1 convolutions, computed by the library",
+        help=SUMMARIES["demo"],
         description="A tour: the seed's worked example, a 1x1 network trained on real "
         "handwritten digits, its cost profile, optimize with verified outputs, and figures.",
     )
@@ -114,7 +116,7 @@ def _worked_example(console: Console) -> None:
 def _keras_examples(console: Console, seed: int) -> None:
     console.rule("[bold]2. The seeds' shapes, computed by onebyone.conv1x1")
     gen = torch.Generator().manual_seed(seed)
-    table = Table("example", "input", "weight", "output", "parameters", "MACs")
+    rows = []
     cases = [
         ("reduction 50 -> 20 at 600x600 (seed 000)", (1, 50, 600, 600), 20),
         ("reduction 64 -> 32 at 28x28 (seed 001)", (1, 64, 28, 28), 32),
@@ -127,9 +129,10 @@ def _keras_examples(console: Console, seed: int) -> None:
             y = obo.conv1x1(x, w, torch.zeros(k), activation="relu")
             params = w.numel() + k
             macs = k * shape[1] * y.shape[2] * y.shape[3]
-            table.add_row(name, str(tuple(x.shape)), str(tuple(w.shape)), str(tuple(y.shape)),
-                          f"{params:,}", f"{macs:,}")  # fmt: skip
-    console.print(table)
+            rows.append([name, str(tuple(x.shape)), str(tuple(w.shape)), str(tuple(y.shape)),
+                         f"{params:,}", f"{macs:,}"])  # fmt: skip
+    headers = ("example", "input", "weight", "output", "parameters", "MACs")
+    _print(console, fit(table_columns(headers), rows, console.width))
 
 
 def _seed_blocks(console: Console, seed: int) -> None:
@@ -168,17 +171,23 @@ def _seed_blocks(console: Console, seed: int) -> None:
             bottleneck_keras,
         ),
     ]
-    table = Table("seed example", "onebyone.nn block", "input", "output", "parameters",
-                  "the seed's Keras layers")  # fmt: skip
+    rows = []
     with torch.inference_mode():
         for name, code, block, xs, keras in cases:
             y = block(*xs)
             params = sum(p.numel() for p in block.parameters())
-            table.add_row(name, code, " + ".join(str(tuple(x.shape)) for x in xs),
-                          str(tuple(y.shape)), f"{params:,}", f"{keras:,}")  # fmt: skip
-    console.print(table)
+            rows.append([name, code, " + ".join(str(tuple(x.shape)) for x in xs),
+                         str(tuple(y.shape)), f"{params:,}", f"{keras:,}"])  # fmt: skip
+    headers = ("seed example", "onebyone.nn block", "input", "output", "parameters",
+               "the seed's Keras layers")  # fmt: skip
+    _print(console, fit(table_columns(headers, (0, 1, 2)), rows, console.width))
     console.print("  Same shapes and parameters as the seed's Keras layers; the Bottleneck also "
                   "adds ResNet's identity shortcut (free) inside its last 1x1.")  # fmt: skip
+
+
+def _print(console: Console, tables: list[Table]) -> None:
+    for table in tables:
+        console.print(table)
 
 
 def _epoch_fields(stats: EpochStats) -> dict[str, Any]:
@@ -316,35 +325,35 @@ def _cost_rows(report: Any) -> list[tuple[str, str, int, int]]:
     ]
 
 
-def _profile(
-    console: Console, args: argparse.Namespace, result: TrainingResult, epochs: int
-) -> dict[str, Any]:
-    console.rule("[bold]4. What it costs: onebyone.profile, with and without the 1x1 reduction")
-    shape = (1, 1, 8, 8)
-    report = obo.profile(result.model, shape)
-    table = Table(
-        "layer",
-        "kind",
-        "output",
-        "parameters",
-        "MACs",
-        "share of MACs",
-        title=f"DigitsNiN on one {shape[2]}x{shape[3]} image",
-    )
+def profile_tables(report: Any, width: int) -> list[Table]:
+    """The layers of the DigitsNiN's profile ``report`` that hold parameters or MACs."""
     total = report.total
-    for layer in report.layers:
-        if not (layer.cost.params or layer.cost.macs):
-            continue
-        table.add_row(
+    rows = [
+        [
             layer.name,
             layer.category,
             "x".join(map(str, layer.output_shape[1:])),
             f"{layer.cost.params:,}",
             f"{layer.cost.macs:,}",
             f"{layer.cost.macs / total.macs:.1%}",
-        )
-    table.add_row("[bold]total", "", "", f"[bold]{total.params:,}", f"[bold]{total.macs:,}", "")
-    console.print(table)
+        ]
+        for layer in report.layers
+        if layer.cost.params or layer.cost.macs
+    ]
+    rows.append(["[bold]total", "", "", f"[bold]{total.params:,}", f"[bold]{total.macs:,}", ""])
+    side = "x".join(map(str, report.inputs[0][2:]))
+    headers = ("layer", "kind", "output", "parameters", "MACs", "share of MACs")
+    return fit(table_columns(headers, (0, 1)), rows, width, title=f"DigitsNiN on one {side} image")
+
+
+def _profile(
+    console: Console, args: argparse.Namespace, result: TrainingResult, epochs: int
+) -> dict[str, Any]:
+    console.rule("[bold]4. What it costs: onebyone.profile, with and without the 1x1 reduction")
+    shape = (1, 1, 8, 8)
+    report = obo.profile(result.model, shape)
+    total = report.total
+    _print(console, profile_tables(report, console.width))
     pointwise = report.by_category()["pointwise"]
     console.print(
         f"  1x1 layers: {pointwise.macs / total.macs:.0%} of the MACs and "
@@ -365,30 +374,31 @@ def _profile(
         processes=_processes(args),
     )
     other = obo.profile(variant.model, shape)
-    compare = Table("", "with the 1x1 reduction", "without", "the reduction buys")
     rows = [
-        ("parameters", total.params, other.total.params),
-        ("MACs per image", total.macs, other.total.macs),
+        [label, f"{a:,}", f"{b:,}", f"{1 - a / b:.0%} fewer"]
+        for label, a, b in [
+            ("parameters", total.params, other.total.params),
+            ("MACs per image", total.macs, other.total.macs),
+        ]
     ]
-    for label, a, b in rows:
-        compare.add_row(label, f"{a:,}", f"{b:,}", f"{1 - a / b:.0%} fewer")
     third = "mlpconv2.0"
     macs_3x3 = [
         sum(layer.cost.macs for layer in r.layers if layer.name == third) for r in (report, other)
     ]
-    compare.add_row(
+    rows.append([
         f"MACs of the 3x3 conv ({third})",
         f"{macs_3x3[0]:,}",
         f"{macs_3x3[1]:,}",
         f"{1 - macs_3x3[0] / macs_3x3[1]:.0%} fewer",
-    )
-    compare.add_row(
+    ])  # fmt: skip
+    rows.append([
         "held-out test accuracy",
         f"{result.test_accuracy:.2%}",
         f"{variant.test_accuracy:.2%}",
         f"{100 * (result.test_accuracy - variant.test_accuracy):+.2f} points",
-    )
-    console.print(compare)
+    ])  # fmt: skip
+    headers = ("", "with the 1x1 reduction", "without", "the reduction buys")
+    _print(console, fit(table_columns(headers), rows, console.width))
     return {
         "reports": {"with reduction": report, "without reduction": other},
         "variant": variant,
@@ -401,43 +411,62 @@ QUICK_SKIPS = ("resnet101", "resnet152")
 """Deeper variants of resnet50 left out of that table under ``--quick``."""
 
 
-def _why_one_by_one(console: Console, quick: bool) -> None:
-    console.rule("[bold]5. Why 1x1: a 1x1 reduction before a 5x5 convolution (onebyone.conv_cost)")
-    # GoogLeNet's inception (3a), 5x5 branch as in the paper: 192 maps of 28x28, 16 after the 1x1
-    c, r, k, size = 192, 16, 32, 28
+# GoogLeNet's inception (3a), 5x5 branch as in the paper: 192 maps of 28x28, 16 after the 1x1
+_INCEPTION_3A = (192, 16, 32, 28)
+
+
+def design_tables(width: int) -> list[Table]:
+    """A direct 5x5 convolution against a 1x1 reduction then the 5x5 (``conv_cost``)."""
+    c, r, k, size = _INCEPTION_3A
     direct = obo.conv_cost(c, k, 5, input_size=size, padding=2)
     reduce = obo.conv_cost(c, r, 1, input_size=size)
     then = obo.conv_cost(r, k, 5, input_size=size, padding=2)
-    both = reduce + then
-    table = Table("design", "parameters", "MACs", "FLOPs", "bytes moved",
-                  title=f"{c} maps of {size}x{size} -> {k} maps, float32")  # fmt: skip
-    for label, cost in [
-        (f"direct 5x5, {c} -> {k}", direct),
-        (f"  1x1 reduction, {c} -> {r}", reduce),
-        (f"  then 5x5, {r} -> {k}", then),
-        ("1x1 reduction + 5x5", both),
-    ]:
-        table.add_row(label, f"{cost.params:,}", f"{cost.macs:,}", f"{cost.flops:,}",
-                      f"{cost.bytes_moved:,}")  # fmt: skip
-    console.print(table)
+    rows = [
+        [label, f"{cost.params:,}", f"{cost.macs:,}", f"{cost.flops:,}", f"{cost.bytes_moved:,}"]
+        for label, cost in [
+            (f"direct 5x5, {c} -> {k}", direct),
+            (f"  1x1 reduction, {c} -> {r}", reduce),
+            (f"  then 5x5, {r} -> {k}", then),
+            ("1x1 reduction + 5x5", reduce + then),
+        ]
+    ]
+    headers = ("design", "parameters", "MACs", "FLOPs", "bytes moved")
+    title = f"{c} maps of {size}x{size} -> {k} maps, float32"
+    return fit(table_columns(headers), rows, width, title=title)
+
+
+def model_tables(rows: list[list[str]], width: int, caption: str | None = None) -> list[Table]:
+    """The built-in models' sizes: rows of model, input, parameters, MACs and 1x1 shares."""
+    headers = ("model", "input", "parameters", "MACs", "1x1 share of MACs",
+               "1x1 share of parameters")  # fmt: skip
+    title = "the built-in models, counted by onebyone.profile"
+    return fit(table_columns(headers), rows, width, title=title, caption=caption)
+
+
+def _why_one_by_one(console: Console, quick: bool) -> None:
+    console.rule("[bold]5. Why 1x1: a 1x1 reduction before a 5x5 convolution (onebyone.conv_cost)")
+    c, r, k, size = _INCEPTION_3A
+    direct = obo.conv_cost(c, k, 5, input_size=size, padding=2)
+    both = obo.conv_cost(c, r, 1, input_size=size) + obo.conv_cost(
+        r, k, 5, input_size=size, padding=2
+    )
+    _print(console, design_tables(console.width))
     console.print(f"  The reduction cuts MACs {direct.macs / both.macs:.1f}x and parameters "
                   f"{direct.params / both.params:.1f}x. {obo.CONVENTION}")  # fmt: skip
 
     names = [n for n in obo.list_models() if not (quick and n in QUICK_SKIPS)]
     left_out = sorted(set(obo.list_models()) - set(names))
     caption = f"--quick leaves out {', '.join(left_out)}" if left_out else None
-    table = Table("model", "input", "parameters", "MACs", "1x1 share of MACs",
-                  "1x1 share of parameters", caption=caption,
-                  title="the built-in models, counted by onebyone.profile")  # fmt: skip
+    rows = []
     with console.status("profiling the built-in models"):
         for name in names:
             side = BUILT_IN_INPUT.get(name, 224)
             report = obo.profile(obo.create_model(name), (1, 3, side, side))
             total, pointwise = report.total, report.by_category()["pointwise"]
-            table.add_row(name, f"{side}x{side}", f"{total.params:,}", f"{total.macs:,}",
-                          f"{pointwise.macs / total.macs:.0%}",
-                          f"{pointwise.params / total.params:.0%}")  # fmt: skip
-    console.print(table)
+            rows.append([name, f"{side}x{side}", f"{total.params:,}", f"{total.macs:,}",
+                         f"{pointwise.macs / total.macs:.0%}",
+                         f"{pointwise.params / total.params:.0%}"])  # fmt: skip
+    _print(console, model_tables(rows, console.width, caption))
 
 
 def _optimize(console: Console, result: TrainingResult) -> dict[str, Any]:
@@ -446,16 +475,13 @@ def _optimize(console: Console, result: TrainingResult) -> dict[str, Any]:
     fast, report = optimize(result.model, x)
     with torch.inference_mode():
         same = bool(torch.equal(fast(x).argmax(dim=1), result.model(x).argmax(dim=1)))
-    table = Table("", "before", "after", title=f"one batch of all {len(x)} test images")
     verified, speedup = report.verify, report.speedup
     if verified is None or speedup is None:
         raise RuntimeError("onebyone.optimize kept the original model or measured no timing")
-    table.add_row(
-        "latency (median)",
-        f"{report.latency_before_ms:.2f} ms",
-        f"{report.latency_after_ms:.2f} ms",
-    )
-    console.print(table)
+    row = ["latency (median)", f"{report.latency_before_ms:.2f} ms",
+           f"{report.latency_after_ms:.2f} ms"]  # fmt: skip
+    title = f"one batch of all {len(x)} test images"
+    _print(console, fit(table_columns(("", "before", "after")), [row], console.width, title=title))
     passes = ", ".join(f"{name} {count}" for name, count in report.pass_counts().items())
     console.print(
         f"  captured by {report.capture}; passes: {passes}; engine: {report.engine} "

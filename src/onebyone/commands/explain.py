@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from onebyone import _checks, _files, _optional
+from onebyone.commands import SUMMARIES
 from onebyone.explain import (
     SEED_KERNEL,
     TOPICS,
@@ -40,7 +41,7 @@ __all__ = ["RENDERERS", "register", "render_worked_example", "run"]
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "explain",
-        help="the seeds' worked examples, computed step by step, with figures",
+        help=SUMMARIES["explain"],
         description="Explain 1x1 convolutions with examples computed by the library. "
         "Without TOPIC: list the topics ('all' shows every one).",
     )

@@ -6,6 +6,7 @@ import argparse
 import tempfile
 import webbrowser
 
+from onebyone.commands import SUMMARIES
 from onebyone.explain import write_explorer
 
 __all__ = ["register", "run"]
@@ -14,7 +15,7 @@ __all__ = ["register", "run"]
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "explore",
-        help="open the explorer page: change a weight and watch the output map change",
+        help=SUMMARIES["explore"],
         description="Write the explorer page (the same as 'onebyone explain --html DIR') to a "
         "new temporary folder, print its path and open it in the default browser.",
     )

@@ -20,6 +20,7 @@ from rich.table import Table
 from torch import nn
 
 from onebyone import _files, _optional
+from onebyone.commands import SUMMARIES
 from onebyone.commands._common import (
     MODEL_FORMS,
     REJECTIONS,
@@ -29,6 +30,7 @@ from onebyone.commands._common import (
     rejected_input,
     resolve_model,
 )
+from onebyone.commands._terminal import Col, fit
 from onebyone.deploy import ENGINES, PRECISIONS, OptimizeReport, optimize, save_onnx, save_openvino
 
 __all__ = ["register", "run"]
@@ -40,7 +42,7 @@ IR_FILES = ("model.xml", "model.bin")
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "optimize",
-        help="make a model faster on the engines users pick, with outputs verified equal",
+        help=SUMMARIES["optimize"],
         description=(
             "Capture MODEL with torch.export, fold its norms and merge its 1x1 convolutions, "
             "build every installed engine (torch, ONNX Runtime, OpenVINO), check each "
@@ -115,6 +117,41 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f} ms"
 
 
+_PASS_COLUMNS = (
+    Col("pass", "left", text=True), Col("applied"), Col("skipped"),
+    Col("first skipped (why)", "left", text=True),
+)  # fmt: skip
+_CANDIDATE_COLUMNS = (
+    Col("engine", "left", text=True), Col("precision", "left", text=True), Col("latency"),
+    Col("max rel error"), Col("top-1"), Col("build"), Col("note", "left", text=True),
+)  # fmt: skip
+
+
+def _report_tables(report: OptimizeReport, width: int) -> list[Table]:
+    """The passes and the candidates of ``report`` as tables fitting ``width`` columns."""
+    passes = []
+    for p in report.passes:
+        why = f"{p.skipped[0][0]}: {p.skipped[0][1]}" if p.skipped else ""
+        passes.append([p.name, str(p.count), str(len(p.skipped)), why])
+    candidates = []
+    for c in report.candidates:
+        chosen = (c.engine, c.precision) == (report.engine, report.precision)
+        candidates.append([
+            c.engine,
+            c.precision,
+            _ms(c.latency_ms),
+            "-" if c.max_rel_error is None else f"{c.max_rel_error:.2g}",
+            "-" if c.top1_agreement is None else f"{c.top1_agreement:.1%}",
+            f"{c.build_s:.1f} s" if c.build_s else "-",
+            "kept" if chosen else ("" if c.ok else c.why),
+        ])  # fmt: skip
+    title = f"candidates (tolerance: relative error {report.tolerance:g})"
+    return [
+        *fit(_PASS_COLUMNS, passes, width, title="passes on the graph"),
+        *fit(_CANDIDATE_COLUMNS, candidates, width, title=title, keys=2),
+    ]
+
+
 def _print_report(
     console: Console, spec: str, shape: tuple[int, ...], report: OptimizeReport
 ) -> None:
@@ -126,29 +163,8 @@ def _print_report(
     console.print(f"captured by {report.capture} ({batch})")
     for route, why in report.capture_attempts:
         console.print(f"  {route} did not work: {why}")
-    passes = Table(title="passes on the graph")
-    for column in ("pass", "applied", "skipped", "first skipped (why)"):
-        passes.add_column(column, justify="right" if column in ("applied", "skipped") else "left")
-    for p in report.passes:
-        why = f"{p.skipped[0][0]}: {p.skipped[0][1]}" if p.skipped else ""
-        passes.add_row(p.name, str(p.count), str(len(p.skipped)), why[:90])
-    console.print(passes)
-    table = Table(title=f"candidates (tolerance: relative error {report.tolerance:g})")
-    for column in ("engine", "precision", "latency", "max rel error", "top-1", "build", "note"):
-        table.add_column(column, justify="left" if column in ("engine", "note") else "right")
-    for c in report.candidates:
-        chosen = (c.engine, c.precision) == (report.engine, report.precision)
-        note = "kept" if chosen else ("" if c.ok else c.why[:70])
-        table.add_row(
-            c.engine,
-            c.precision,
-            _ms(c.latency_ms),
-            "-" if c.max_rel_error is None else f"{c.max_rel_error:.2g}",
-            "-" if c.top1_agreement is None else f"{c.top1_agreement:.1%}",
-            f"{c.build_s:.1f} s" if c.build_s else "-",
-            note,
-        )
-    console.print(table)
+    for table in _report_tables(report, console.width):
+        console.print(table)
     if report.speedup is not None:
         console.print(
             f"latency {_ms(report.latency_before_ms)} -> {_ms(report.latency_after_ms)}: "

@@ -132,6 +132,51 @@ class Profile:
     uncounted: dict[str, int] = field(default_factory=dict)
 
     convention = CONVENTION
+    repr_layers = 10
+    """How many layers (those with the most MACs) ``repr`` lists."""
+
+    def __repr__(self) -> str:
+        """A short table: the layers with the most MACs, then the totals (the fields stay
+        available as attributes; ``to_csv`` lists every layer).
+
+        Example:
+            >>> import torch, onebyone as obo
+            >>> p = obo.profile(obo.nn.Conv1x1(64, 32), (1, 64, 28, 28), peak=None)
+            >>> print(repr(p).splitlines()[0])
+            Profile of Conv1x1: input 1x64x28x28, float32, 1 counted layer
+        """
+        inputs = ", ".join(_shape_text(s) for s in self.inputs)
+        count = len(self.layers)
+        lines = [f"Profile of {self.model}: input {inputs}, {self.dtype}, "
+                 f"{count} counted layer{'' if count == 1 else 's'}"]  # fmt: skip
+        ranked = sorted(range(count), key=lambda i: (-self.layers[i].cost.macs, i))
+        shown = sorted(ranked[: self.repr_layers])
+        header = ("#", "layer", "op", "category", "output", "params", "MACs")
+        rows = [header] + [
+            (str(i), self.layers[i].name or f"({self.layers[i].type})", self.layers[i].op,
+             self.layers[i].category, _shape_text(self.layers[i].output_shape),
+             f"{self.layers[i].cost.params:,}", f"{self.layers[i].cost.macs:,}")
+            for i in shown
+        ]  # fmt: skip
+        widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
+        left = {1, 2, 3}
+        for row in rows:
+            cells = [
+                cell.ljust(w) if c in left else cell.rjust(w)
+                for c, (cell, w) in enumerate(zip(row, widths, strict=True))
+            ]
+            lines.append("  ".join(cells).rstrip())
+        if count > len(shown):
+            lines.append(f"({count - len(shown)} more layers; the {len(shown)} with the most "
+                         "MACs shown, in execution order)")  # fmt: skip
+        t = self.total
+        lines.append(f"total: params {t.params:,}, MACs {t.macs:,}, FLOPs {t.flops:,}, "
+                     f"bytes {t.bytes_moved:,}")  # fmt: skip
+        if self.time_s is not None:
+            lines.append(f"predicted time: {self.time_s * 1e3:.3f} ms ({self.peak_note})")
+        return "\n".join(lines)
+
+    __str__ = __repr__
 
     def _read(self) -> set[str]:
         return {*self.parameters_read, *(name for l in self.layers for name in l.parameters)}
