@@ -225,7 +225,8 @@ def run(args: argparse.Namespace) -> int:
         xml = openvino_out.path / "model.xml"
         console.print(
             f"wrote {xml} and model.bin (OpenVINO IR, {ir_precision}, recorded in its "
-            "runtime options); OpenVINO vs the original: "
+            "runtime options: compile it with INFERENCE_PRECISION_HINT="
+            f"{'f32' if ir_precision == 'float32' else 'bf16'}); OpenVINO vs the original: "
             f"max rel error {verified.max_rel:.3g}",
             highlight=False,
             soft_wrap=True,

@@ -258,8 +258,8 @@ def _dynamic_dims(dynamic: object, inputs: Sequence[torch.Tensor]) -> list[tuple
         for d in dims:
             if isinstance(d, str) and d in names:
                 chosen.add(names[d])
-            elif _checks._is_int(d) and 1 <= int(d) < t.dim():  # type: ignore[call-overload]
-                chosen.add(int(d))  # type: ignore[call-overload]
+            elif _checks._is_int(d) and 1 <= int(d) < t.dim():
+                chosen.add(int(d))
             else:
                 raise _checks.invalid("dynamic", expected, dynamic)
         out.append(tuple(sorted(chosen)))

@@ -76,9 +76,19 @@ def _dimension(dim: int | DynamicDim) -> Any:
 
 
 def set_precision(model: Any, precision: str) -> None:
-    """Record ``precision`` in the model's runtime options, so a plain
-    ``core.compile_model(xml, "CPU")`` of its saved IR computes in it."""
+    """Make ``model``'s saved IR compute in ``precision`` when compiled plainly
+    (``core.compile_model(xml, "CPU")``).
+
+    The precision goes into the model's runtime options
+    (``runtime_options/INFERENCE_PRECISION_HINT``, read by tools that honour them);
+    for float32, every operation is also marked precise (``precise_0``, the attribute
+    OpenVINO's own precision-sensitive passes set), which the CPU plugin keeps in
+    float32 where its default would be bfloat16.
+    """
     model.set_rt_info(_HINTS[precision], ["runtime_options", "INFERENCE_PRECISION_HINT"])
+    if precision == "float32":
+        for op in model.get_ops():
+            op.get_rt_info()["precise_0"] = ""
 
 
 class OpenVINOModule(FlatModule):
