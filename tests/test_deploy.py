@@ -810,3 +810,67 @@ def test_the_openvino_ir_records_its_precision_and_runs_as_reported(
     assert rel == pytest.approx(written.max_rel, rel=1e-2, abs=1e-6)
     if precision == "float32":
         assert rel < 1e-4
+
+
+# ---- verification on the user's data
+
+
+def _digits(batches: int = 2, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    digits = sklearn_datasets.load_digits()
+    n = batches * size
+    x = torch.tensor(digits.images[:n], dtype=torch.float32).unsqueeze(1) / 16  # (N, 1, 8, 8)
+    return x, torch.tensor(digits.target[:n])
+
+
+def _digit_net() -> nn.Module:
+    torch.manual_seed(0)
+    return randomize_norms(
+        nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 16, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+        )
+    ).eval()  # fmt: skip
+
+
+def test_data_checks_every_candidate_with_agreement_and_accuracy() -> None:
+    x, y = _digits()
+    model = _digit_net()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+    _, report = optimize(model, x[:2], engine="torch", data=loader, measure=False)
+    assert (report.data_batches, report.data_rows) == (2, 32)
+    with torch.inference_mode():
+        expected = float((model(x).argmax(1) == y).float().mean())
+    assert report.data_accuracy_original == pytest.approx(expected)
+    torch_c = next(c for c in report.candidates if c.engine == "torch")
+    assert torch_c.ok and torch_c.data_top1_agreement == 1.0
+    assert torch_c.data_accuracy == pytest.approx(expected)
+    assert torch_c.data_max_rel_error is not None and torch_c.data_max_rel_error < 1e-4
+    assert "data: 32 rows in 2 batches" in str(report)
+    # a plain iterable of inputs (no labels): agreement, no accuracy
+    _, plain = optimize(model, x[:2], engine="torch", data=[x[:5], x[5:9]], measure=False)
+    c = next(c for c in plain.candidates if c.engine == "torch")
+    assert c.data_top1_agreement == 1.0 and c.data_accuracy is None
+
+
+def test_bad_data_is_refused_naming_data() -> None:
+    x, y = _digits(1, 4)
+    model = _digit_net()
+    cases: list[tuple[object, str]] = [
+        ([], "at least one batch"),
+        ([torch.randn(2, 1, 9, 9)], r"shaped like example_input"),
+        ([(x, y.float())], "integer class labels"),
+        (x, "an iterable"),
+    ]
+    for data, message in cases:
+        with pytest.raises((ValueError, TypeError), match=rf"`data`.*{message}"):
+            optimize(model, x[:2], engine="torch", data=data, measure=False)  # type: ignore[arg-type]
+
+    class Picky(nn.Module):  # takes the example, not every batch of the data
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.shape[0] > 3:
+                raise ValueError("at most 3 images")
+            return x.flatten(1)
+
+    with pytest.raises(ValueError, match=r"`data`.*the model takes"):
+        optimize(Picky().eval(), x[:2], engine="torch", data=[x], measure=False)

@@ -28,6 +28,7 @@ from onebyone.commands._common import (
 )
 from onebyone.commands._output import output_file, output_folder
 from onebyone.deploy import ENGINES, PRECISIONS, OptimizeReport, optimize, save_onnx, save_openvino
+from onebyone.deploy.data import load_folder
 
 __all__ = ["register", "run"]
 
@@ -85,6 +86,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--openvino", metavar="DIR", help="also write it as OpenVINO IR (DIR/model.xml + .bin)"
+    )
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        help="also verify every candidate on this data: a folder of images or of .npy/.pt "
+        "tensors, or one sub-folder of images per class (then accuracy is reported); "
+        "images are resized to --input and normalised as the model expects",
+    )
+    p.add_argument(
+        "--json", metavar="FILE.json", help="also write the whole report as JSON (.json added)"
     )
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
@@ -144,6 +155,22 @@ def _print_report(
             note,
         )
     console.print(table)
+    if report.data_batches:
+        accuracy = report.data_accuracy_original
+        console.print(
+            f"on the data ({report.data_rows} inputs"
+            + ("" if accuracy is None else f"; the original's accuracy {accuracy:.1%}")
+            + "):"
+        )
+        for c in report.candidates:
+            if c.data_max_rel_error is None or c.engine == "original":
+                continue
+            line = f"  {c.name}: max rel error {c.data_max_rel_error:.3g}"
+            if c.data_top1_agreement is not None:
+                line += f", top-1 agreement {c.data_top1_agreement:.1%}"
+            if c.data_accuracy is not None:
+                line += f", accuracy {c.data_accuracy:.1%}"
+            console.print(line, highlight=False)
     if report.speedup is not None:
         console.print(
             f"latency {_ms(report.latency_before_ms)} -> {_ms(report.latency_after_ms)}: "
@@ -172,7 +199,9 @@ def _print_report(
 def run(args: argparse.Namespace) -> int:
     console = Console()
     shape = parse_input(args.input)
-    onnx_out = openvino_out = None
+    onnx_out = openvino_out = json_out = None
+    if args.json is not None:
+        json_out = output_file("--json", args.json, ".json", force=args.force)
     if args.onnx is not None:  # checked before any work; "" is refused, not ignored
         onnx_out = output_file("--onnx", args.onnx, ".onnx", force=args.force)
         _optional.require("onnxruntime", "--onnx")
@@ -183,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
     if args.weights:
         _load(model, args.weights, args.model)
     model.eval()
+    data = None if args.data is None else load_folder("--data", args.data, model, shape)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed))
     with console.status("optimizing") as status:
         _, report = optimize(
@@ -191,9 +221,13 @@ def run(args: argparse.Namespace) -> int:
             precision=args.precision,
             tolerance=args.tolerance,
             engine=args.engine,
+            data=data,
             progress=lambda message: status.update(f"optimizing: {message}"),
         )
     _print_report(console, args.model, shape, report)
+    if json_out is not None:
+        path = json_out.write_text(report.to_json())
+        console.print(f"wrote {path} (the report as JSON)", highlight=False, soft_wrap=True)
     if (onnx_out or openvino_out) and report.program is None:
         failed = report.capture_attempts[-1][1] if report.capture_attempts else report.capture
         raise RuntimeError(

@@ -16,7 +16,7 @@ import copy
 import resource
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -167,10 +167,12 @@ def _verify(
 
     An output passes when ``max |c - r| <= tolerance * max |r| + floor``, the floor
     being ``tolerance * 1e-3`` of the largest output of the check (it scales with
-    the outputs: a model whose outputs are all ~1e-9 gets no free pass).
+    the outputs: a model whose outputs are all ~1e-9 gets no free pass). The user's
+    data batches also give their own error, top-1 agreement and accuracy.
     """
     reports: list[VerifyReport] = []
-    agree = rows = 0
+    agree = rows = data_agree = data_rows = correct = labelled = 0
+    data_rel: list[float] = []
     for check in checks:
         output = run_model(module, check.inputs, f"optimised ({candidate.name})")
         floor = tolerance * 1e-3 * output_scale(check.reference)
@@ -178,15 +180,34 @@ def _verify(
         top1 = _top1(check.reference, output)
         if top1 is not None:
             agree, rows = agree + top1[0], rows + top1[1]
+        if check.is_data:
+            data_rel.append(reports[-1].max_rel)
+            if top1 is not None:
+                data_agree, data_rows = data_agree + top1[0], data_rows + top1[1]
+            hits = _hits(output, check.labels)
+            if hits is not None:
+                correct, labelled = correct + hits, labelled + len(check.labels)  # type: ignore[arg-type]
     candidate.max_rel_error = max(r.max_rel for r in reports)
     candidate.max_abs_error = max(r.max_abs for r in reports)
     candidate.top1_agreement = agree / rows if rows else None
+    if data_rel:
+        candidate.data_max_rel_error = max(data_rel)
+        candidate.data_top1_agreement = data_agree / data_rows if data_rows else None
+        candidate.data_accuracy = correct / labelled if labelled else None
     bad = next((r for r in reports if not r.ok), None)
     if bad is None:
         candidate.ok = True
     else:
         candidate.why = f"relative error {bad.max_rel:.3g} beyond the tolerance {tolerance:g}"
     return reports
+
+
+def _hits(output: object, labels: torch.Tensor | None) -> int | None:
+    """Rows whose arg-max (first output, ``(N, classes)``) equals ``labels``."""
+    first = next((t for _, t in flatten_outputs(output)), None)
+    if labels is None or first is None or first.dim() != 2 or first.shape[0] != len(labels):
+        return None
+    return int((first.argmax(1) == labels).sum())
 
 
 def _check_tolerance(tolerance: object) -> float | None:
@@ -207,6 +228,7 @@ def optimize(
     tolerance: float | None = None,
     engine: str = "auto",
     dynamic: Sequence[Any] | None = None,
+    data: Iterable[Any] | None = None,
     measure: bool = True,
     progress: Progress | None = None,
 ) -> tuple[nn.Module, OptimizeReport]:
@@ -235,6 +257,11 @@ def optimize(
         dynamic: dimensions besides the batch to serve at any size: names for every 4-D
             input (``("height", "width")``), or one sequence of dimension indices or
             names per input. Each is verified at a second size.
+        data: the user's data to verify every candidate on as well: an iterable (a
+            ``DataLoader`` works) of inputs shaped like ``example_input`` (any batch
+            size) or of ``(input, label)`` pairs. The report gives each candidate's
+            error, top-1 agreement with the original and, with labels, accuracy on it
+            (the original's too); a candidate beyond the tolerance on it is refused.
         measure: time the original and the result side by side (``auto`` always times
             its candidates).
         progress: called with a short message at each step (``onebyone optimize`` shows
@@ -300,7 +327,15 @@ def optimize(
     work = freeze(copy.deepcopy(model))
     report = OptimizeReport(engine=engine, precision=precision, tolerance=limit)
     say("running the original model")
-    example.build_checks(run_reference(work, _expected_shape(model)), limit)
+    run = run_reference(work, _expected_shape(model))
+    example.build_checks(run, limit)
+    if data is not None:
+        say("running the original model on the data")
+        example.add_data(data, run)
+        data_checks = [c for c in example.checks if c.is_data]
+        report.data_batches = len(data_checks)
+        report.data_rows = sum(c.inputs[0].shape[0] if c.inputs[0].dim() else 1
+                               for c in data_checks)  # fmt: skip
     report.exercised = example.exercised
     report.notes += example.notes
 
@@ -389,6 +424,9 @@ def optimize(
 
     say("timing the candidates side by side")
     original = Candidate("original", "float32", max_rel_error=0.0, max_abs_error=0.0, ok=True)
+    if data is not None:
+        _verify(original, work, [c for c in example.checks if c.is_data], limit)
+        report.data_accuracy_original = original.data_accuracy
     timed: dict[str, nn.Module] = dict(candidates)
     if engine == "auto" or measure:
         timed["original/float32"] = work

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import math
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from onebyone.transforms.report import PassReport
@@ -24,6 +26,9 @@ class Candidate:
         top1_agreement: for classifier outputs ``(N, classes)``, the share of rows whose
             arg-max equals the original's (both checks together); ``None`` otherwise.
         build_s: seconds spent building this candidate.
+        data_max_rel_error, data_top1_agreement, data_accuracy: the same on the user's
+            ``data`` only, and the share of rows whose arg-max is the label (when the
+            data gives labels); ``None`` without data.
         ok: built and within the tolerance on the example and the second input.
         why: why it was not built or not kept (empty when ``ok``).
     """
@@ -37,6 +42,9 @@ class Candidate:
     build_s: float = 0.0
     ok: bool = False
     why: str = ""
+    data_max_rel_error: float | None = None
+    data_top1_agreement: float | None = None
+    data_accuracy: float | None = None
 
     @property
     def name(self) -> str:
@@ -71,6 +79,9 @@ class OptimizeReport:
             inputs run a frozen copy of the original model.
         exercised: whether the checks could tell different inputs apart; when not, no
             candidate counts as verified (see ``verified``).
+        data_batches, data_rows: how much of the user's ``data`` every candidate was
+            checked on (0 without data); ``data_accuracy_original``: the original's
+            accuracy on it (with labels).
     """
 
     engine: str
@@ -92,6 +103,9 @@ class OptimizeReport:
     call_spec: Any = field(default=None, repr=False)
     serves: str = ""
     exercised: bool = True
+    data_batches: int = 0
+    data_rows: int = 0
+    data_accuracy_original: float | None = None
 
     @property
     def verified(self) -> bool:
@@ -110,6 +124,52 @@ class OptimizeReport:
         """The returned model's largest relative error over both checks."""
         errors = [r.max_rel for r in (self.verify, self.verify_other) if r is not None]
         return max(errors) if errors else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything the report holds, as plain JSON-ready values (the program and the
+        call spec as text)."""
+
+        def checks(report: VerifyReport | None) -> dict[str, Any] | None:
+            if report is None:
+                return None
+            return {"rtol": report.rtol, "atol": report.atol,
+                    "outputs": [_finite(asdict(o)) for o in report.outputs]}  # fmt: skip
+
+        return {
+            "engine": self.engine,
+            "precision": self.precision,
+            "tolerance": self.tolerance,
+            "capture": self.capture,
+            "capture_attempts": [list(a) for a in self.capture_attempts],
+            "dynamic_batch": self.dynamic_batch,
+            "serves": self.serves,
+            "exercised": self.exercised,
+            "verified": self.verified,
+            "passes": [
+                {
+                    "name": p.name,
+                    "applied": list(p.applied),
+                    "skipped": [list(s) for s in p.skipped],
+                }
+                for p in self.passes
+            ],
+            "candidates": [_finite(asdict(c)) | {"name": c.name} for c in self.candidates],
+            "verify": checks(self.verify),
+            "verify_other": checks(self.verify_other),
+            "latency_before_ms": self.latency_before_ms,
+            "latency_after_ms": self.latency_after_ms,
+            "speedup": self.speedup,
+            "data_batches": self.data_batches,
+            "data_rows": self.data_rows,
+            "data_accuracy_original": self.data_accuracy_original,
+            "prepare_s": self.prepare_s,
+            "peak_rss_mb": self.peak_rss_mb,
+            "notes": list(self.notes),
+        }
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        """``to_dict()`` as JSON text."""
+        return json.dumps(self.to_dict(), indent=indent)
 
     def pass_counts(self) -> dict[str, int]:
         """``{pass name: number of changes}``."""
@@ -131,7 +191,16 @@ class OptimizeReport:
             if c.ok:
                 top1 = "" if c.top1_agreement is None else f", top-1 {c.top1_agreement:.1%}"
                 latency = "-" if c.latency_ms is None else f"{c.latency_ms:.2f} ms"
-                lines.append(f"  {c.name}: {latency}, max rel error {c.max_rel_error:.2g}{top1}")
+                data = ""
+                if c.data_max_rel_error is not None:
+                    data = f"; on the data: max rel error {c.data_max_rel_error:.2g}"
+                    if c.data_top1_agreement is not None:
+                        data += f", top-1 agreement {c.data_top1_agreement:.1%}"
+                    if c.data_accuracy is not None:
+                        data += f", accuracy {c.data_accuracy:.1%}"
+                lines.append(
+                    f"  {c.name}: {latency}, max rel error {c.max_rel_error:.2g}{top1}{data}"
+                )
             else:
                 lines.append(f"  {c.name}: not used ({c.why})")
         if self.speedup is not None:
@@ -139,5 +208,18 @@ class OptimizeReport:
                 f"latency: {self.latency_before_ms:.2f} ms -> {self.latency_after_ms:.2f} ms "
                 f"({self.speedup:.2f}x)"
             )
+        if self.data_batches:
+            accuracy = (
+                ""
+                if self.data_accuracy_original is None
+                else f"; the original's accuracy {self.data_accuracy_original:.1%}"
+            )
+            lines.append(f"data: {self.data_rows} rows in {self.data_batches} batches{accuracy}")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def _finite(values: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no infinity or NaN: such floats become ``None``."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in values.items()}  # fmt: skip
