@@ -634,9 +634,12 @@ def test_auto_never_returns_the_callers_object(monkeypatch: pytest.MonkeyPatch) 
         monkeypatch.setattr(module, "available", lambda: "absent")
     import sys
 
-    monkeypatch.setattr(sys.modules["onebyone.deploy.optimize"], "_time_side_by_side",
-                        lambda models, inputs, budget: {k: (0.0 if k.startswith("original")
-                                                            else 1.0) for k in models})  # fmt: skip
+    from onebyone.deploy.timing import Timing
+
+    def fake_timing(models: dict[str, nn.Module], inputs: object) -> dict[str, Timing]:
+        return {k: Timing(*(0.5 if k.startswith("original") else 1.0,) * 3, 5) for k in models}
+
+    monkeypatch.setattr(sys.modules["onebyone.deploy.optimize"], "_time_each", fake_timing)
     fast, report = optimize(model, torch.randn(2, 3, 6, 6))
     assert report.engine == "original" and fast is not model
     assert not any(p.requires_grad for p in fast.parameters())
@@ -874,3 +877,42 @@ def test_bad_data_is_refused_naming_data() -> None:
 
     with pytest.raises(ValueError, match=r"`data`.*the model takes"):
         optimize(Picky().eval(), x[:2], engine="torch", data=[x], measure=False)
+
+
+# ---- timing that holds on a shared machine
+
+
+def test_time_alone_gives_median_spread_and_runs() -> None:
+    from onebyone.deploy.timing import time_alone
+
+    calls = []
+    timing = time_alone(lambda: calls.append(1), batch=4, warmup_s=0.0, block_s=0.0, min_runs=7)
+    assert timing.runs == 7 and len(calls) >= 8  # the first call is never timed
+    assert timing.p10_ms <= timing.median_ms <= timing.p90_ms
+    assert timing.throughput == pytest.approx(4 / (timing.median_ms / 1e3))
+
+
+def test_the_report_gives_the_spread_the_load_and_throughput(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import json
+    import sys
+
+    from onebyone.deploy import timing
+
+    opt = sys.modules["onebyone.deploy.optimize"]
+    monkeypatch.setattr(opt, "machine_load", lambda: timing.Load(7.5, 2))  # a busy machine
+    monkeypatch.setattr(timing, "WARMUP_S", 0.0)
+    monkeypatch.setattr(timing, "BLOCK_S", 0.05)
+    model = _net()
+    _, report = optimize(model, torch.randn(2, 3, 6, 6), engine="torch")
+    assert report.latency_before is not None and report.latency_after is not None
+    assert report.latency_before.runs >= timing.MIN_RUNS
+    low, high = report.speedup_range  # type: ignore[misc]
+    assert low <= report.speedup <= high  # type: ignore[operator]
+    assert set(report.throughput) == {"original", "optimized"}
+    assert set(report.throughput["optimized"]) == {2, 8}  # the example's batch and a larger one
+    assert any(n.startswith("the machine was busy (load average 7.5 on 2 cores)")
+               for n in report.notes)  # fmt: skip
+    data = json.loads(report.to_json())
+    assert data["load"]["busy"] and data["latency_after"]["runs"] >= timing.MIN_RUNS

@@ -172,10 +172,19 @@ def _print_report(
                 line += f", accuracy {c.data_accuracy:.1%}"
             console.print(line, highlight=False)
     if report.speedup is not None:
+        before, after = report.latency_before, report.latency_after
+        spread = report.speedup_range
+        within = "" if spread is None else f" ({spread[0]:.2f}x to {spread[1]:.2f}x over p10-p90)"
         console.print(
-            f"latency {_ms(report.latency_before_ms)} -> {_ms(report.latency_after_ms)}: "
-            f"speed-up {report.speedup:.2f}x"
+            f"latency {before or _ms(report.latency_before_ms)} -> "
+            f"{after or _ms(report.latency_after_ms)}: speed-up {report.speedup:.2f}x{within}",
+            highlight=False,
         )
+    for name, by_batch in report.throughput.items():
+        rates = ", ".join(
+            f"{rate:.1f} inputs/s at batch {b}" for b, rate in sorted(by_batch.items())
+        )
+        console.print(f"throughput ({name}): {rates}", highlight=False)
     if report.verify is not None:
         other = report.verify_other
         console.print(
@@ -193,7 +202,8 @@ def _print_report(
     if report.peak_rss_mb is not None:
         console.print(f"peak memory (RSS): {report.peak_rss_mb:.0f} MB")
     for note in report.notes:
-        console.print(f"note: {note}")
+        warn = note.startswith(("the machine was busy", "wide timing spread"))
+        console.print(f"[bold yellow]warning:[/] {note}" if warn else f"note: {note}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import resource
-import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -34,6 +33,7 @@ from onebyone.deploy.program import Program
 from onebyone.deploy.report import Candidate, OptimizeReport
 from onebyone.deploy.served import Served, freeze
 from onebyone.deploy.signature import dim_name
+from onebyone.deploy.timing import Timing, machine_load, time_alone
 from onebyone.transforms.fold import check_eval, check_model, fold_batchnorm
 from onebyone.transforms.fuse import fuse_epilogues
 from onebyone.transforms.layout import to_channels_last
@@ -57,11 +57,6 @@ ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino")
 PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
 DEFAULT_TOLERANCES: dict[str, float] = {"float32": 1e-4, "bfloat16": 6e-2}
 """Relative error (``max |c - r| / max |r|``, per output) each precision is checked at."""
-
-TIMING_BUDGET_S = 2.0
-"""How long the side-by-side timing of the candidates may take, at most (3 rounds at least)."""
-BLOCK_CALLS = 3
-"""Counted calls per model and round (after one call that is not counted)."""
 
 Progress = Callable[[str], None]
 
@@ -128,36 +123,55 @@ def _top1(reference: object, candidate: object) -> tuple[int, int] | None:
     return agree, ref.shape[0]
 
 
-def _median_ms(times: list[float]) -> float:
-    return statistics.median(times) * 1e3
+def _time_each(models: dict[str, nn.Module], inputs: tuple[torch.Tensor, ...]) -> dict[str, Timing]:
+    """Each model timed on its own, one after another (``timing.time_alone``)."""
+    batch = inputs[0].shape[0] if inputs and inputs[0].dim() >= 1 else 1
+    return {
+        name: time_alone(lambda m=module: m(*inputs), batch=batch)  # type: ignore[misc]
+        for name, module in models.items()
+    }
 
 
-def _time_side_by_side(
-    models: dict[str, nn.Module], inputs: tuple[torch.Tensor, ...], budget_s: float
-) -> dict[str, float]:
-    """Median latency (ms) of each model on ``inputs``.
+def _larger_batch(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | None:
+    """The example with its batch grown to ``max(8, 2 n)`` rows (rows repeated)."""
+    if not inputs or inputs[0].dim() == 0:
+        return None
+    n = inputs[0].shape[0]
+    m = max(8, 2 * n)
+    rows = torch.arange(m) % n
+    return tuple(t[rows] if t.dim() >= 1 and t.shape[0] == n else t for t in inputs)
 
-    Rounds go over every model in a rotating order; each model runs a block of calls
-    whose first one is not counted: the engine before it may leave threads spinning
-    for a few milliseconds (ONNX Runtime's, OpenVINO's, OpenMP's), and only that
-    first call would pay for them. At least 3 rounds, then more while within
-    ``budget_s``.
-    """
-    times: dict[str, list[float]] = {name: [] for name in models}
-    names = list(models)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        rounds = 0
-        while rounds < 3 or (time.perf_counter() - start < budget_s and rounds < 30):
-            order = names[rounds % len(names) :] + names[: rounds % len(names)]
-            for name in order:
-                models[name](*inputs)  # not counted: what the previous engine left running
-                for _ in range(BLOCK_CALLS):
-                    t = time.perf_counter()
-                    models[name](*inputs)
-                    times[name].append(time.perf_counter() - t)
-            rounds += 1
-    return {name: _median_ms(ts) for name, ts in times.items()}
+
+def _throughput(
+    report: OptimizeReport, models: dict[str, nn.Module], inputs: tuple[torch.Tensor, ...],
+    served: Callable[[tuple[torch.Tensor, ...]], bool],
+) -> None:  # fmt: skip
+    """Inputs per second of the original and the returned model at the example's batch
+    and at a larger one (where the capture serves it)."""
+    for name, t in (("original", report.latency_before), ("optimized", report.latency_after)):
+        if t is not None:
+            report.throughput.setdefault(name, {})[t.batch] = t.throughput
+    larger = _larger_batch(inputs)
+    if larger is None or not served(larger):
+        return
+    for name, module in models.items():
+        t = time_alone(lambda m=module: m(*larger), batch=larger[0].shape[0])  # type: ignore[misc]
+        report.throughput.setdefault(name, {})[t.batch] = t.throughput
+
+
+def _timing_notes(report: OptimizeReport) -> None:
+    """Warn when the machine was busy or the spread is wide."""
+    if report.load is not None and report.load.busy:
+        report.notes.append(
+            f"the machine was busy ({report.load}): other work shares the cores, so the "
+            "latencies and the speed-up are not reliable; time again on a quiet machine"
+        )
+    wide = [c.name for c in report.candidates if c.latency is not None and c.latency.wide]
+    if wide:
+        report.notes.append(
+            f"wide timing spread (p90 - p10 over 25% of the median) for {', '.join(wide)}: "
+            "the speed-up is uncertain"
+        )
 
 
 def _verify(
@@ -422,7 +436,7 @@ def optimize(
             VerifyReport([], limit, 0.0),
         )
 
-    say("timing the candidates side by side")
+    say("timing each candidate on its own")
     original = Candidate("original", "float32", max_rel_error=0.0, max_abs_error=0.0, ok=True)
     if data is not None:
         _verify(original, work, [c for c in example.checks if c.is_data], limit)
@@ -433,15 +447,24 @@ def optimize(
         report.candidates.append(original)
     chosen_name = next(iter(candidates), "original/float32")
     if len(timed) > 1:
-        latencies = _time_side_by_side(timed, inputs, TIMING_BUDGET_S)
+        report.load = machine_load()
+        timings = _time_each(timed, inputs)
         for c in report.candidates:
-            c.latency_ms = latencies.get(c.name, c.latency_ms)
-        pool = latencies if engine == "auto" else {k: v for k, v in latencies.items()
-                                                   if k in candidates}  # fmt: skip
-        chosen_name = min(pool, key=pool.__getitem__)
+            if c.name in timings:
+                c.latency = timings[c.name]
+                c.latency_ms = c.latency.median_ms
+        pool = timings if engine == "auto" else {k: v for k, v in timings.items()
+                                                 if k in candidates}  # fmt: skip
+        chosen_name = min(pool, key=lambda k: pool[k].median_ms)
         if measure:
-            report.latency_before_ms = latencies.get("original/float32")
-            report.latency_after_ms = latencies[chosen_name]
+            report.latency_before = timings.get("original/float32")
+            report.latency_after = timings[chosen_name]
+            report.latency_before_ms = timings["original/float32"].median_ms
+            report.latency_after_ms = timings[chosen_name].median_ms
+            kept = {"original": work, "optimized": timed[chosen_name]}
+            fits = (lambda x: spec.why_not(x) is None) if spec is not None else (lambda x: True)
+            _throughput(report, kept, inputs, fits)
+        _timing_notes(report)
     chosen_engine, _, chosen_precision = chosen_name.partition("/")
     report.engine, report.precision = chosen_engine, chosen_precision
     result = work if chosen_name == "original/float32" else candidates[chosen_name]

@@ -7,6 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from onebyone.deploy.timing import Load, Timing
 from onebyone.transforms.report import PassReport
 from onebyone.transforms.verify import VerifyReport
 
@@ -21,6 +22,7 @@ class Candidate:
         engine: ``"torch"``, ``"onnxruntime"``, ``"openvino"`` or ``"original"``.
         precision: ``"float32"`` or ``"bfloat16"``.
         latency_ms: median latency on the example input (``None`` when not timed).
+        latency: the whole timing (median, p10, p90, runs), timed on its own.
         max_rel_error: the largest norm-wise relative error over both checks.
         max_abs_error: the largest absolute error over both checks.
         top1_agreement: for classifier outputs ``(N, classes)``, the share of rows whose
@@ -45,6 +47,7 @@ class Candidate:
     data_max_rel_error: float | None = None
     data_top1_agreement: float | None = None
     data_accuracy: float | None = None
+    latency: Timing | None = None
 
     @property
     def name(self) -> str:
@@ -68,7 +71,13 @@ class OptimizeReport:
             the second input (another batch size).
         tolerance: the relative error the candidates had to meet.
         latency_before_ms / latency_after_ms: median latency of the original and of the
-            returned model on the example input.
+            returned model on the example input; ``latency_before`` / ``latency_after``
+            the whole timings (p10, p90, runs), each model timed on its own after a
+            warm-up (``onebyone.deploy.timing``).
+        load: the machine's load average and cores before timing (a busy machine is
+            noted: its timings are not reliable).
+        throughput: inputs per second of ``"original"`` and ``"optimized"`` by batch
+            size (the example's and a larger one where the capture serves it).
         prepare_s: seconds from the call to the chosen model (building and checking).
         peak_rss_mb: the process's peak resident memory at the end, in MB.
         notes: anything else worth knowing.
@@ -106,6 +115,10 @@ class OptimizeReport:
     data_batches: int = 0
     data_rows: int = 0
     data_accuracy_original: float | None = None
+    latency_before: Timing | None = None
+    latency_after: Timing | None = None
+    load: Load | None = None
+    throughput: dict[str, dict[int, float]] = field(default_factory=dict)
 
     @property
     def verified(self) -> bool:
@@ -118,6 +131,15 @@ class OptimizeReport:
         if self.latency_before_ms is None or not self.latency_after_ms:
             return None
         return self.latency_before_ms / self.latency_after_ms
+
+    @property
+    def speedup_range(self) -> tuple[float, float] | None:
+        """The speed-up from the slow to the fast ends of both spreads
+        (``before.p10 / after.p90``, ``before.p90 / after.p10``)."""
+        before, after = self.latency_before, self.latency_after
+        if before is None or after is None or not after.p10_ms or not after.p90_ms:
+            return None
+        return before.p10_ms / after.p90_ms, before.p90_ms / after.p10_ms
 
     @property
     def max_rel_error(self) -> float | None:
@@ -159,6 +181,13 @@ class OptimizeReport:
             "latency_before_ms": self.latency_before_ms,
             "latency_after_ms": self.latency_after_ms,
             "speedup": self.speedup,
+            "speedup_range": None if self.speedup_range is None else list(self.speedup_range),
+            "latency_before": None if self.latency_before is None else asdict(self.latency_before),
+            "latency_after": None if self.latency_after is None else asdict(self.latency_after),
+            "load": None if self.load is None else asdict(self.load) | {"busy": self.load.busy},
+            "throughput": {
+                k: {str(b): r for b, r in v.items()} for k, v in self.throughput.items()
+            },
             "data_batches": self.data_batches,
             "data_rows": self.data_rows,
             "data_accuracy_original": self.data_accuracy_original,
@@ -204,10 +233,17 @@ class OptimizeReport:
             else:
                 lines.append(f"  {c.name}: not used ({c.why})")
         if self.speedup is not None:
+            spread = self.speedup_range
+            within = "" if spread is None else f", {spread[0]:.2f}x to {spread[1]:.2f}x"
             lines.append(
-                f"latency: {self.latency_before_ms:.2f} ms -> {self.latency_after_ms:.2f} ms "
-                f"({self.speedup:.2f}x)"
+                f"latency: {self.latency_before or self.latency_before_ms} -> "
+                f"{self.latency_after or self.latency_after_ms} ({self.speedup:.2f}x{within})"
             )
+        for name, by_batch in self.throughput.items():
+            rates = ", ".join(f"{rate:.1f}/s at batch {b}" for b, rate in sorted(by_batch.items()))
+            lines.append(f"throughput ({name}): {rates}")
+        if self.load is not None:
+            lines.append(f"timed at {self.load}")
         if self.data_batches:
             accuracy = (
                 ""
