@@ -916,3 +916,94 @@ def test_the_report_gives_the_spread_the_load_and_throughput(
                for n in report.notes)  # fmt: skip
     data = json.loads(report.to_json())
     assert data["load"]["busy"] and data["latency_after"]["runs"] >= timing.MIN_RUNS
+
+
+# ---- the engine registry
+
+
+class _SlowEngine:
+    """A fake engine: the exported program's own module behind a sleep."""
+
+    name = "slow"
+    built = 0
+
+    def available(self) -> str | None:
+        return None
+
+    def precisions(self) -> tuple[str, ...]:
+        return ("float32",)
+
+    def build(self, graph: object, precision: str) -> nn.Module:
+        import time as _time
+
+        program = graph.program  # type: ignore[attr-defined]
+        inner = copy.deepcopy(program).module()
+        _SlowEngine.built += 1
+
+        class Slow(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, *args: torch.Tensor) -> object:
+                _time.sleep(0.002)
+                return self.inner(*args)
+
+        return Slow()
+
+
+def test_a_registered_engine_is_built_verified_timed_and_can_lose(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    from onebyone.deploy import timing
+    from onebyone.deploy.engines import openvino as ov_engine
+    from onebyone.deploy.engines.registry import REGISTRY, register
+
+    monkeypatch.setitem(REGISTRY, "slow", _SlowEngine())  # removed afterwards
+    assert register(REGISTRY["slow"]).name == "slow"
+    for module in (ort_engine, ov_engine):
+        monkeypatch.setattr(module, "available", lambda: "absent")
+    monkeypatch.setattr(timing, "WARMUP_S", 0.0)
+    monkeypatch.setattr(timing, "BLOCK_S", 0.02)
+    opt = sys.modules["onebyone.deploy.optimize"]
+    real = opt._time_each
+
+    def slower(models: dict[str, nn.Module], inputs: object) -> dict[str, object]:
+        timings = real(models, inputs)  # each really timed; "slow" made the slowest
+        worst = max(t.median_ms for t in timings.values()) + 1.0
+        timings["slow/float32"] = timing.Timing(worst, worst, worst, 5)
+        return timings
+
+    monkeypatch.setattr(opt, "_time_each", slower)
+    model = _net()
+    _, report = optimize(model, torch.randn(2, 3, 6, 6))
+    slow = next(c for c in report.candidates if c.engine == "slow")
+    assert _SlowEngine.built == 1 and slow.ok and slow.max_rel_error is not None
+    assert slow.latency is not None and report.engine != "slow"
+    _, only = optimize(model, torch.randn(2, 3, 6, 6), engine="slow", measure=False)
+    assert only.engine == "slow" and only.verify is not None
+    with pytest.raises(ValueError, match="`engine`"):
+        register(type("Auto", (_SlowEngine,), {"name": "auto"})())  # type: ignore[arg-type]
+
+
+def test_the_example_is_cloned_once_and_never_read_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = torch.randn(2, 3, 6, 6)
+    reads: list[str] = []
+    real_clone, real_detach = torch.Tensor.clone, torch.Tensor.detach
+
+    def clone(self: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        if self is x:
+            reads.append("clone")
+        return real_clone(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    def detach(self: torch.Tensor) -> torch.Tensor:
+        if self is x:
+            reads.append("detach")
+        return real_detach(self)
+
+    monkeypatch.setattr(torch.Tensor, "clone", clone)
+    monkeypatch.setattr(torch.Tensor, "detach", detach)
+    optimize(_net(), x, engine="torch", measure=False)
+    assert reads == ["detach"]  # detach().clone(): one copy, made by Example.of

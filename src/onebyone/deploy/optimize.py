@@ -24,9 +24,10 @@ from torch.export import ExportedProgram
 
 from onebyone import _checks
 from onebyone.deploy.capture import capture, one_line
-from onebyone.deploy.engines import onnxruntime as ort_engine
-from onebyone.deploy.engines import openvino as ov_engine
-from onebyone.deploy.engines import torch as torch_engine
+from onebyone.deploy.engines import onnxruntime as ort_engine  # noqa: F401  (registers)
+from onebyone.deploy.engines import openvino as ov_engine  # noqa: F401  (registers)
+from onebyone.deploy.engines import torch as torch_engine  # noqa: F401  (registers)
+from onebyone.deploy.engines.registry import REGISTRY, Graph, names
 from onebyone.deploy.example import Check, Example, output_scale, run_reference
 from onebyone.deploy.passes import drop_whole_slices, fold_norms, merge_pointwise
 from onebyone.deploy.program import Program
@@ -36,7 +37,6 @@ from onebyone.deploy.signature import dim_name
 from onebyone.deploy.timing import Timing, machine_load, time_alone
 from onebyone.transforms.fold import check_eval, check_model, fold_batchnorm
 from onebyone.transforms.fuse import fuse_epilogues
-from onebyone.transforms.layout import to_channels_last
 from onebyone.transforms.verify import (
     VerificationError,
     VerifyReport,
@@ -53,7 +53,9 @@ __all__ = [
     "optimize",
 ]
 
-ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino")
+ENGINES: tuple[str, ...] = ("auto", *names())
+"""``"auto"`` and the engines registered when ``onebyone.deploy`` is imported
+(``engines.registry.register`` adds more)."""
 PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
 DEFAULT_TOLERANCES: dict[str, float] = {"float32": 1e-4, "bfloat16": 6e-2}
 """Relative error (``max |c - r| / max |r|``, per output) each precision is checked at."""
@@ -67,19 +69,11 @@ class EngineUnavailableError(RuntimeError):
 
 
 def _available(engine: str) -> str | None:
-    if engine == "onnxruntime":
-        return ort_engine.available()
-    if engine == "openvino":
-        return ov_engine.available()
-    return None
+    return REGISTRY[engine].available()
 
 
 def _precisions(engine: str) -> tuple[str, ...]:
-    if engine == "torch":
-        return torch_engine.precisions()
-    if engine == "openvino":
-        return ov_engine.precisions()
-    return ort_engine.PRECISIONS
+    return REGISTRY[engine].precisions()
 
 
 def _check_model_dtype(model: nn.Module, precision: str) -> None:
@@ -315,7 +309,7 @@ def optimize(
     check_model(model)
     check_eval(model)
     _checks.choice("precision", precision, PRECISIONS)
-    _checks.choice("engine", engine, ENGINES)
+    _checks.choice("engine", engine, ("auto", *names()))
     tolerance = _check_tolerance(tolerance)
     if not isinstance(measure, bool):
         raise _checks.invalid("measure", "True or False", measure, kind=TypeError)
@@ -326,7 +320,7 @@ def optimize(
     _check_model_dtype(model, precision)
     example = Example.of(example_input, dynamic)
     inputs = example.inputs
-    engines = ["torch", "onnxruntime", "openvino"] if engine == "auto" else [engine]
+    engines = list(names()) if engine == "auto" else [engine]
     if engine != "auto" and (why := _available(engine)) is not None:
         raise EngineUnavailableError(f"engine={engine!r} cannot run here: {why}")
     precisions = (
@@ -357,7 +351,6 @@ def optimize(
     cap = capture(work, inputs, example.dynamic)
     report.capture, report.capture_attempts = cap.how, cap.attempts
     report.dynamic_batch = cap.dynamic_batch
-    builders: dict[str, Callable[[str], nn.Module]] = {}
     exported, spec = cap.program, cap.spec
     if exported is not None and spec is not None:
         program = Program(exported)
@@ -371,27 +364,7 @@ def optimize(
                     f"export kept {dim_name(inputs[index].dim(), dim)} of input {index} "
                     "static: other sizes run the original model"
                 )
-        flat = {"in_spec": spec.in_spec, "out_spec": spec.out_spec, "input_dtypes": spec.dtypes}
-
-        def served(module: nn.Module) -> nn.Module:
-            return Served(module, spec, work)
-
-        builders = {
-            "torch": lambda p: served(torch_engine.torch_module(exported, inputs, precision=p)),
-            "onnxruntime": lambda p: served(
-                ort_engine.onnxruntime_module(
-                    exported,
-                    _traced_inputs(exported, inputs),
-                    precision=p,
-                    spec=flat,
-                    call=spec,
-                    example=inputs,
-                )
-            ),
-            "openvino": lambda p: served(
-                ov_engine.openvino_module(exported, inputs, precision=p, spec=flat, call=spec)
-            ),
-        }
+        graph = Graph(exported, spec, inputs, _traced_inputs(exported, inputs))
     else:
         say("torch.export failed: module-level transforms")
         folded, fold_report = fold_batchnorm(work, inputs, with_report=True)
@@ -399,7 +372,7 @@ def optimize(
         report.capture = "torch.fx" if fold_report.traced else "eager"
         report.passes = [fold_report, fuse_report]
         report.dynamic_batch = True
-        builders = {"torch": lambda p: _module_engine(fused, p)}
+        graph = Graph(None, None, inputs, inputs, module=fused)
 
     candidates: dict[str, nn.Module] = {}
     verified: dict[str, list[VerifyReport]] = {}
@@ -409,7 +382,7 @@ def optimize(
             for p in ps:
                 candidate = Candidate(name, p)
                 report.candidates.append(candidate)
-                module = _build(candidate, builders, cap.attempts, say)
+                module = _build(candidate, graph, work, cap.attempts, say)
                 if module is not None:
                     say(f"checking {candidate.name}")
                     try:
@@ -513,30 +486,34 @@ def _check_bfloat16(engines: list[str]) -> None:
 
 def _build(
     candidate: Candidate,
-    builders: dict[str, Callable[[str], nn.Module]],
+    graph: Graph,
+    fallback: nn.Module,
     attempts: list[tuple[str, str]],
     say: Progress,
 ) -> nn.Module | None:
-    """Build one candidate, or say in ``candidate.why`` why it cannot be."""
+    """Build one candidate (behind ``Served`` where the graph has a call spec), or say
+    in ``candidate.why`` why it cannot be."""
     name, precision = candidate.engine, candidate.precision
     why = _available(name)
     if why is None and precision not in _precisions(name):
         why = f"{precision} is not native to {name} on this CPU"
-    if why is None and name not in builders:
-        failed = attempts[-1][1] if attempts else "it failed"
-        why = f"needs a torch.export capture ({failed})"
     if why is not None:
         candidate.why = why
         return None
     say(f"building {candidate.name}")
     start = time.perf_counter()
     try:
-        return builders[name](precision)
+        module = REGISTRY[name].build(graph, precision)
     except Exception as exc:  # an engine that cannot take this model: say why
-        candidate.why = one_line(exc)
+        why = one_line(exc)
+        if graph.program is None:
+            failed = attempts[-1][1] if attempts else "it failed"
+            why = f"needs a torch.export capture ({failed})"
+        candidate.why = why
         return None
     finally:
         candidate.build_s = time.perf_counter() - start
+    return module if graph.spec is None else Served(module, graph.spec, fallback)
 
 
 def _traced_inputs(
@@ -544,10 +521,3 @@ def _traced_inputs(
 ) -> tuple[torch.Tensor, ...]:
     example = program.example_inputs
     return tuple(example[0]) if example is not None else inputs
-
-
-def _module_engine(fused: nn.Module, precision: str) -> nn.Module:
-    """The torch engine without an export capture: the module-level fused model."""
-    if precision != "float32":
-        raise ValueError("bfloat16 needs a torch.export capture")
-    return to_channels_last(fused).eval()

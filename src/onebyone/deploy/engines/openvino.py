@@ -15,9 +15,11 @@ import warnings
 from typing import Any
 
 import torch
+from torch import nn
 from torch.export import ExportedProgram
 
 from onebyone.deploy.engines.base import FlatModule
+from onebyone.deploy.engines.registry import Graph, register
 from onebyone.deploy.signature import CallSpec, DynamicDim
 from onebyone.functional import decompositions
 
@@ -205,3 +207,24 @@ def openvino_module(
         shapes=[tuple(t.shape) for t in inputs],
         **spec,
     )
+
+
+class OpenVINOEngine:
+    """``openvino.convert_model`` + OpenVINO's CPU plugin."""
+
+    name = "openvino"
+
+    def available(self) -> str | None:
+        return available()
+
+    def precisions(self) -> tuple[str, ...]:
+        return precisions()
+
+    def build(self, graph: Graph, precision: str) -> nn.Module:
+        if graph.program is None or graph.spec is None:
+            raise ValueError("needs a torch.export capture")
+        return openvino_module(graph.program, graph.inputs, precision=precision,
+                               spec=graph.flat(), call=graph.spec)  # fmt: skip
+
+
+ENGINE = register(OpenVINOEngine())
