@@ -114,3 +114,68 @@ def test_bad_input_is_one_line_and_exit_2(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def _sample_images(folder: Path) -> list[Path]:
+    """scikit-learn's two sample photographs (china, flower) as PNG files."""
+    datasets = pytest.importorskip("sklearn.datasets")
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, image in zip(("china", "flower"), datasets.load_sample_images().images, strict=True):
+        path = folder / f"{name}.png"
+        Image.fromarray(image[::8, ::8]).save(path)  # (427, 640, 3) -> (54, 80, 3)
+        paths.append(path)
+    return paths
+
+
+def test_data_folder_and_json_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    tree = tmp_path / "classes"
+    _sample_images(tree / "a")
+    _sample_images(tree / "b")
+    out = tmp_path / "report"
+    assert main(["optimize", *SMALL, "--data", str(tree), "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "on the data (4 inputs; the original's accuracy" in text
+    assert "top-1 agreement 100.0%" in text
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["data_rows"] == 4 and report["data_batches"] == 4
+    torch_c = next(c for c in report["candidates"] if c["engine"] == "torch")
+    assert torch_c["data_top1_agreement"] == 1.0 and torch_c["data_accuracy"] is not None
+    assert {"serves", "verified", "passes", "notes", "latency_before_ms"} <= set(report)
+    # tensors, a flat folder: agreement without accuracy
+    flat = tmp_path / "tensors"
+    flat.mkdir()
+    import numpy as np
+
+    np.save(flat / "x.npy", np.random.default_rng(0).standard_normal((3, 3, 32, 32)))
+    torch.save(torch.randn(3, 32, 32), flat / "y.pt")
+    assert main(["optimize", *SMALL, "--data", str(flat)]) == 0
+    assert "on the data (4 inputs):" in capsys.readouterr().out
+
+
+def test_bad_data_is_one_line_exit_2_and_nothing_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    torch.save(torch.randn(3, 16, 16), wrong / "x.pt")
+    images = tmp_path / "images"
+    _sample_images(images)
+    cases = [
+        ([*SMALL, "--data", str(empty)], "no such files"),
+        ([*SMALL, "--data", str(wrong)], "Expected tensors of shape (3, 32, 32)"),
+        (["squeezenet1_1", "--input", "1x5x32x32", "--engine", "torch", "--data", str(images)],
+         "images need an input of shape"),
+    ]  # fmt: skip
+    json_out = tmp_path / "r.json"
+    for argv, message in cases:
+        assert main(["optimize", *argv, "--json", str(json_out)]) == 2
+        err = capsys.readouterr().err
+        assert "`--data`" in err and message in err and len(err.strip().splitlines()) == 1
+        assert not json_out.exists()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import pickle
+import warnings
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -477,3 +480,534 @@ def test_the_torch_engine_in_bfloat16_keeps_a_float32_interface(
         out = fast(torch.randn(3, 3, 6, 6))
     assert out.dtype == torch.float32 and out.shape == (3, 5)
     assert {t.dtype for t in fast.engine.graph_module.parameters()} == {torch.bfloat16}
+
+
+# ---- issue: what the result serves
+
+
+def _timm(name: str) -> nn.Module:
+    if importlib.util.find_spec("timm") is None:
+        pytest.skip("timm is not installed")
+    from onebyone.models.external import import_timm
+
+    timm = import_timm()
+    torch.manual_seed(0)
+    return timm.create_model(name, pretrained=False).eval()
+
+
+@pytest.mark.skipif(not HAVE["openvino"], reason="openvino not installed")
+@pytest.mark.filterwarnings("ignore:optimized model")
+def test_openvino_serves_only_the_image_size_it_was_captured_at() -> None:
+    model = _timm("mobilevit_xxs")
+    fast, report = optimize(model, torch.randn(1, 3, 64, 64), engine="openvino", measure=False)
+    assert report.serves.startswith("(batch, 3, 64, 64)")
+    x = torch.randn(1, 3, 96, 96)  # the original takes it; the capture never proved it
+    with pytest.warns(UserWarning, match="not proven"):
+        out = fast(x)
+    with torch.inference_mode():
+        torch.testing.assert_close(out, model(x), rtol=1e-4, atol=1e-5)
+
+
+class _BranchesOnBatch(nn.Module):
+    """Batch 1 takes another branch, and the head squeezes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x).mean((2, 3))
+        if x.shape[0] == 1:
+            y = y * 2
+        return y.squeeze()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.filterwarnings("ignore:optimized model")
+def test_batch_one_is_served_only_when_proven(engine: str) -> None:
+    model = _BranchesOnBatch().eval()
+    try:
+        fast, _ = optimize(model, torch.randn(3, 3, 8, 8), engine=engine, measure=False)
+    except EngineUnavailableError as exc:  # a converter that gets the squeeze wrong is refused
+        assert "another batch size" in str(exc) or "(4, 3, 8, 8)" in str(exc)
+        return
+    for n in (1, 2, 5):
+        x = torch.randn(n, 3, 8, 8)
+        with torch.inference_mode():
+            expected, got = model(x), fast(x)
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+class _ImageSize(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return y * 2 if x.shape[-1] > 8 else y
+
+
+@pytest.mark.filterwarnings("ignore:optimized model")
+def test_the_torch_engine_keeps_export_guards_on_the_image_size() -> None:
+    model = _ImageSize().eval()
+    fast, _ = optimize(model, torch.randn(2, 3, 8, 8), engine="torch", dynamic=("height", "width"),
+                       measure=False)  # fmt: skip
+    for side in (8, 12):
+        x = torch.randn(2, 3, side, side)
+        with torch.inference_mode():
+            torch.testing.assert_close(fast(x), model(x))
+
+
+def test_dynamic_image_sizes_are_served_and_verified_at_two_sizes() -> None:
+    model = _net_conv()
+    fast, report = optimize(model, torch.randn(1, 3, 16, 16), engine="torch",
+                            dynamic=("height", "width"), measure=False)  # fmt: skip
+    assert "height" in report.serves and "width" in report.serves
+    labels = [c for c in report.candidates if c.ok]
+    assert labels, report
+    x = torch.randn(2, 3, 24, 20)
+    with warnings_as_errors(), torch.inference_mode():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="`dynamic`"):
+        optimize(model, torch.randn(1, 3, 16, 16), dynamic=("depth",))
+
+
+def _net_conv() -> nn.Module:
+    return randomize_norms(
+        nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1)
+        )
+    ).eval()
+
+
+@contextlib.contextmanager
+def warnings_as_errors() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yield
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_results_accept_keyword_calls(engine: str) -> None:
+    model = _net()
+    x = torch.randn(2, 3, 6, 6)
+    fast, _ = optimize(model, x, engine=engine, measure=False)
+
+    class Named(nn.Module):  # a forward whose input has a name
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return self.inner(image)
+
+    named = Named(model).eval()
+    fast_named, _ = optimize(named, x, engine=engine, measure=False)
+    with torch.inference_mode(), warnings_as_errors():
+        torch.testing.assert_close(fast_named(image=x), named(image=x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+# ---- frozen, nothing of the caller's
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_every_engine_owns_its_weights(engine: str) -> None:
+    model = _net()
+    x = torch.randn(2, 3, 6, 6)
+    fast, _ = optimize(model, x, engine=engine, measure=False)
+    clone = copy.deepcopy(fast)
+    with torch.inference_mode():
+        before = fast(x)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3)
+    model.load_state_dict({k: torch.zeros_like(v) for k, v in model.state_dict().items()})
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), before)
+        torch.testing.assert_close(clone(x), before)
+
+
+def test_auto_never_returns_the_callers_object(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _net()
+    from onebyone.deploy.engines import openvino as ov_engine
+
+    for module in (ort_engine, ov_engine):
+        monkeypatch.setattr(module, "available", lambda: "absent")
+    import sys
+
+    from onebyone.deploy.timing import Timing
+
+    def fake_timing(models: dict[str, nn.Module], inputs: object) -> dict[str, Timing]:
+        return {k: Timing(*(0.5 if k.startswith("original") else 1.0,) * 3, 5) for k in models}
+
+    monkeypatch.setattr(sys.modules["onebyone.deploy.optimize"], "_time_each", fake_timing)
+    fast, report = optimize(model, torch.randn(2, 3, 6, 6))
+    assert report.engine == "original" and fast is not model
+    assert not any(p.requires_grad for p in fast.parameters())
+    with torch.no_grad():
+        next(model.parameters()).mul_(2)
+    assert not torch.equal(next(model.parameters()), next(fast.parameters()))
+
+
+class _Counting(nn.Module):
+    """A forward that updates a buffer and a Python attribute (a step counter)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.register_buffer("running_max", torch.zeros(()))
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        self.running_max.copy_(torch.maximum(self.running_max, x.abs().max()))
+        return self.conv(x)
+
+
+def test_optimize_profile_and_analyze_leave_the_callers_model_and_tensors_bit_identical() -> None:
+    model = _Counting().eval()
+    x = torch.randn(2, 3, 8, 8)
+    x_before = x.clone()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    optimize(model, x, engine="torch", measure=False)
+    obo.profile(model, x)
+    obo.profile(model, (1, 3, 8, 8))
+    assert model.calls == 0
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert torch.equal(x, x_before)
+
+
+# ---- a verification that means something
+
+
+class _Vanishing(nn.Module):
+    """Outputs dominated by a bias: any input gives (nearly) the same output."""
+
+    def __init__(self, gain: float) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.head = nn.Linear(4, 3)
+        with torch.no_grad():
+            self.conv.weight.mul_(gain)
+            self.conv.bias.zero_()
+            self.head.bias.fill_(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(x).mean((2, 3)))
+
+
+def test_a_check_that_cannot_tell_inputs_apart_is_not_called_verified() -> None:
+    _, report = optimize(_Vanishing(0.0).eval(), torch.randn(2, 3, 8, 8), engine="torch",
+                         measure=False)  # fmt: skip
+    assert not report.exercised and not report.verified
+    assert any("prove nothing" in n for n in report.notes)
+    assert "NOT VERIFIED" in str(report)
+
+
+def test_a_better_conditioned_input_is_drawn_where_one_exists() -> None:
+    _, report = optimize(_Vanishing(1e-6).eval(), torch.randn(2, 3, 8, 8), engine="torch",
+                         measure=False)  # fmt: skip
+    assert report.exercised and report.verified
+    assert any("the checks use" in n for n in report.notes)
+
+
+def test_the_absolute_floor_scales_with_tiny_outputs() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 1)).eval()
+    with torch.no_grad():
+        model[0].weight.mul_(1e-9)
+        model[0].bias.zero_()
+    from onebyone.deploy.example import Check
+    from onebyone.deploy.optimize import _verify
+    from onebyone.deploy.report import Candidate
+
+    x = torch.randn(2, 3, 4, 4)
+    with torch.inference_mode():
+        ref = model(x)
+    wrong = nn.Sequential(copy.deepcopy(model[0])).eval()
+    with torch.no_grad():
+        wrong[0].weight.mul_(1.5)  # 50% off, yet ~1e-9 in absolute terms
+    candidate = Candidate("torch", "float32")
+    _verify(candidate, wrong, [Check("x", (x,), ref)], 1e-4)
+    assert not candidate.ok
+
+
+# ---- errors (argument named, reason true)
+
+
+def test_small_promises_of_the_arguments() -> None:
+    model = _net()
+    x = torch.randn(1, 3, 6, 6)
+    with pytest.raises(TypeError, match="`progress`"):
+        optimize(model, x, progress=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"batch of at least one.*\(0, 3, 6, 6\)"):
+        optimize(model, torch.randn(0, 3, 6, 6))
+
+    class Nothing(nn.Module):
+        def forward(self, x: torch.Tensor) -> None:
+            return None
+
+    with pytest.raises(ValueError, match=r"`model`.*returns tensors.*NoneType"):
+        optimize(Nothing().eval(), x)
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    with pytest.raises(TypeError, match=r"`model`.*model\.float\(\)") as info:
+        optimize(bf16, x, precision="bfloat16")
+    assert "pass precision='bfloat16'" not in str(info.value)
+
+
+@pytest.mark.skipif(not HAVE["onnxruntime"], reason="onnxruntime not installed")
+def test_bfloat16_on_onnxruntime_says_the_true_reason() -> None:
+    with pytest.raises(ValueError, match="ONNX Runtime's CPU kernels here have no native bfloat16"):
+        optimize(_net(), torch.randn(1, 3, 6, 6), precision="bfloat16", engine="onnxruntime")
+
+
+# ---- self-describing artifacts
+
+
+@pytest.mark.skipif(not HAVE["onnxruntime"], reason="onnxruntime not installed")
+def test_the_onnx_file_names_its_dimensions_and_keeps_static_ones_static(tmp_path: object) -> None:
+    import onnx
+
+    from onebyone.deploy import save_onnx
+
+    model = _net()
+    x = torch.randn(1, 3, 6, 6)
+    _, report = optimize(model, x, engine="torch", measure=False)
+    path, _ = save_onnx(report.program, (x,), tmp_path / "m.onnx", original=model,  # type: ignore[operator]
+                        call=report.call_spec)  # fmt: skip
+    dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["batch", 3, 6, 6]
+
+
+@pytest.mark.skipif(not HAVE["openvino"], reason="openvino not installed")
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_the_openvino_ir_records_its_precision_and_runs_as_reported(
+    tmp_path: object, precision: str
+) -> None:
+    import openvino as ov
+
+    from onebyone.deploy import save_openvino
+    from onebyone.deploy.engines import openvino as ov_engine
+
+    if precision not in ov_engine.precisions():
+        pytest.skip("OpenVINO reports no bfloat16 on this CPU")
+    model = _timm("edgenext_xx_small")
+    x = torch.randn(1, 3, 64, 64)
+    _, report = optimize(model, x, engine="torch", measure=False)
+    xml, written = save_openvino(report.program, (x,), tmp_path / "ir",  # type: ignore[operator]
+                                 original=model, tolerance=0.06, precision=precision,
+                                 call=report.call_spec)  # fmt: skip
+    core = ov.Core()
+    read = core.read_model(str(xml))
+    hint = read.get_rt_info(["runtime_options", "INFERENCE_PRECISION_HINT"]).astype(str)
+    assert hint == ("f32" if precision == "float32" else "bf16")
+    # as a user loads it: plainly where the recorded precision is OpenVINO's default
+    # here (bfloat16), with the recorded hint otherwise
+    config = {} if precision == "bfloat16" else {"INFERENCE_PRECISION_HINT": hint}
+    compiled = core.compile_model(str(xml), "CPU", config)
+    [shape] = [port.get_partial_shape() for port in compiled.inputs]
+    assert shape.is_static and list(shape.to_shape()) == [1, 3, 64, 64]  # what was proven
+    with torch.inference_mode():
+        ref = model(x)
+    out = torch.from_numpy(compiled(x.numpy())[0].copy())
+    rel = float((out - ref).abs().max() / ref.abs().max())
+    assert rel == pytest.approx(written.max_rel, rel=1e-2, abs=1e-6)
+    if precision == "float32":
+        assert rel < 1e-4
+
+
+# ---- verification on the user's data
+
+
+def _digits(batches: int = 2, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    digits = sklearn_datasets.load_digits()
+    n = batches * size
+    x = torch.tensor(digits.images[:n], dtype=torch.float32).unsqueeze(1) / 16  # (N, 1, 8, 8)
+    return x, torch.tensor(digits.target[:n])
+
+
+def _digit_net() -> nn.Module:
+    torch.manual_seed(0)
+    return randomize_norms(
+        nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 16, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+        )
+    ).eval()  # fmt: skip
+
+
+def test_data_checks_every_candidate_with_agreement_and_accuracy() -> None:
+    x, y = _digits()
+    model = _digit_net()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+    _, report = optimize(model, x[:2], engine="torch", data=loader, measure=False)
+    assert (report.data_batches, report.data_rows) == (2, 32)
+    with torch.inference_mode():
+        expected = float((model(x).argmax(1) == y).float().mean())
+    assert report.data_accuracy_original == pytest.approx(expected)
+    torch_c = next(c for c in report.candidates if c.engine == "torch")
+    assert torch_c.ok and torch_c.data_top1_agreement == 1.0
+    assert torch_c.data_accuracy == pytest.approx(expected)
+    assert torch_c.data_max_rel_error is not None and torch_c.data_max_rel_error < 1e-4
+    assert "data: 32 rows in 2 batches" in str(report)
+    # a plain iterable of inputs (no labels): agreement, no accuracy
+    _, plain = optimize(model, x[:2], engine="torch", data=[x[:5], x[5:9]], measure=False)
+    c = next(c for c in plain.candidates if c.engine == "torch")
+    assert c.data_top1_agreement == 1.0 and c.data_accuracy is None
+
+
+def test_bad_data_is_refused_naming_data() -> None:
+    x, y = _digits(1, 4)
+    model = _digit_net()
+    cases: list[tuple[object, str]] = [
+        ([], "at least one batch"),
+        ([torch.randn(2, 1, 9, 9)], r"shaped like example_input"),
+        ([(x, y.float())], "integer class labels"),
+        (x, "an iterable"),
+    ]
+    for data, message in cases:
+        with pytest.raises((ValueError, TypeError), match=rf"`data`.*{message}"):
+            optimize(model, x[:2], engine="torch", data=data, measure=False)  # type: ignore[arg-type]
+
+    class Picky(nn.Module):  # takes the example, not every batch of the data
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.shape[0] > 3:
+                raise ValueError("at most 3 images")
+            return x.flatten(1)
+
+    with pytest.raises(ValueError, match=r"`data`.*the model takes"):
+        optimize(Picky().eval(), x[:2], engine="torch", data=[x], measure=False)
+
+
+# ---- timing that holds on a shared machine
+
+
+def test_time_alone_gives_median_spread_and_runs() -> None:
+    from onebyone.deploy.timing import time_alone
+
+    calls = []
+    timing = time_alone(lambda: calls.append(1), batch=4, warmup_s=0.0, block_s=0.0, min_runs=7)
+    assert timing.runs == 7 and len(calls) >= 8  # the first call is never timed
+    assert timing.p10_ms <= timing.median_ms <= timing.p90_ms
+    assert timing.throughput == pytest.approx(4 / (timing.median_ms / 1e3))
+
+
+def test_the_report_gives_the_spread_the_load_and_throughput(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import json
+    import sys
+
+    from onebyone.deploy import timing
+
+    opt = sys.modules["onebyone.deploy.optimize"]
+    monkeypatch.setattr(opt, "machine_load", lambda: timing.Load(7.5, 2))  # a busy machine
+    monkeypatch.setattr(timing, "WARMUP_S", 0.0)
+    monkeypatch.setattr(timing, "BLOCK_S", 0.05)
+    model = _net()
+    _, report = optimize(model, torch.randn(2, 3, 6, 6), engine="torch")
+    assert report.latency_before is not None and report.latency_after is not None
+    assert report.latency_before.runs >= timing.MIN_RUNS
+    low, high = report.speedup_range  # type: ignore[misc]
+    assert low <= report.speedup <= high  # type: ignore[operator]
+    assert set(report.throughput) == {"original", "optimized"}
+    assert set(report.throughput["optimized"]) == {2, 8}  # the example's batch and a larger one
+    assert any(n.startswith("the machine was busy (load average 7.5 on 2 cores)")
+               for n in report.notes)  # fmt: skip
+    data = json.loads(report.to_json())
+    assert data["load"]["busy"] and data["latency_after"]["runs"] >= timing.MIN_RUNS
+
+
+# ---- the engine registry
+
+
+class _SlowEngine:
+    """A fake engine: the exported program's own module behind a sleep."""
+
+    name = "slow"
+    built = 0
+
+    def available(self) -> str | None:
+        return None
+
+    def precisions(self) -> tuple[str, ...]:
+        return ("float32",)
+
+    def build(self, graph: object, precision: str) -> nn.Module:
+        import time as _time
+
+        program = graph.program  # type: ignore[attr-defined]
+        inner = copy.deepcopy(program).module()
+        _SlowEngine.built += 1
+
+        class Slow(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, *args: torch.Tensor) -> object:
+                _time.sleep(0.002)
+                return self.inner(*args)
+
+        return Slow()
+
+
+def test_a_registered_engine_is_built_verified_timed_and_can_lose(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    from onebyone.deploy import timing
+    from onebyone.deploy.engines import openvino as ov_engine
+    from onebyone.deploy.engines.registry import REGISTRY, register
+
+    monkeypatch.setitem(REGISTRY, "slow", _SlowEngine())  # removed afterwards
+    assert register(REGISTRY["slow"]).name == "slow"
+    for module in (ort_engine, ov_engine):
+        monkeypatch.setattr(module, "available", lambda: "absent")
+    monkeypatch.setattr(timing, "WARMUP_S", 0.0)
+    monkeypatch.setattr(timing, "BLOCK_S", 0.02)
+    opt = sys.modules["onebyone.deploy.optimize"]
+    real = opt._time_each
+
+    def slower(models: dict[str, nn.Module], inputs: object) -> dict[str, object]:
+        timings = real(models, inputs)  # each really timed; "slow" made the slowest
+        worst = max(t.median_ms for t in timings.values()) + 1.0
+        timings["slow/float32"] = timing.Timing(worst, worst, worst, 5)
+        return timings
+
+    monkeypatch.setattr(opt, "_time_each", slower)
+    model = _net()
+    _, report = optimize(model, torch.randn(2, 3, 6, 6))
+    slow = next(c for c in report.candidates if c.engine == "slow")
+    assert _SlowEngine.built == 1 and slow.ok and slow.max_rel_error is not None
+    assert slow.latency is not None and report.engine != "slow"
+    _, only = optimize(model, torch.randn(2, 3, 6, 6), engine="slow", measure=False)
+    assert only.engine == "slow" and only.verify is not None
+    with pytest.raises(ValueError, match="`engine`"):
+        register(type("Auto", (_SlowEngine,), {"name": "auto"})())  # type: ignore[arg-type]
+
+
+def test_the_example_is_cloned_once_and_never_read_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = torch.randn(2, 3, 6, 6)
+    reads: list[str] = []
+    real_clone, real_detach = torch.Tensor.clone, torch.Tensor.detach
+
+    def clone(self: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        if self is x:
+            reads.append("clone")
+        return real_clone(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    def detach(self: torch.Tensor) -> torch.Tensor:
+        if self is x:
+            reads.append("detach")
+        return real_detach(self)
+
+    monkeypatch.setattr(torch.Tensor, "clone", clone)
+    monkeypatch.setattr(torch.Tensor, "detach", detach)
+    optimize(_net(), x, engine="torch", measure=False)
+    assert reads == ["detach"]  # detach().clone(): one copy, made by Example.of

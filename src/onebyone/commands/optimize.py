@@ -32,6 +32,7 @@ from onebyone.commands._common import (
 )
 from onebyone.commands._terminal import Col, fit
 from onebyone.deploy import ENGINES, PRECISIONS, OptimizeReport, optimize, save_onnx, save_openvino
+from onebyone.deploy.data import load_folder
 
 __all__ = ["register", "run"]
 
@@ -92,6 +93,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--openvino", metavar="DIR", help="also write it as OpenVINO IR (DIR/model.xml + .bin)"
+    )
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        help="also verify every candidate on this data: a folder of images or of .npy/.pt "
+        "tensors, or one sub-folder of images per class (then accuracy is reported); "
+        "images are resized to --input and normalised as the model expects",
+    )
+    p.add_argument(
+        "--json", metavar="FILE.json", help="also write the whole report as JSON (.json added)"
     )
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
@@ -165,11 +176,36 @@ def _print_report(
         console.print(f"  {route} did not work: {why}")
     for table in _report_tables(report, console.width):
         console.print(table)
-    if report.speedup is not None:
+    if report.data_batches:
+        accuracy = report.data_accuracy_original
         console.print(
-            f"latency {_ms(report.latency_before_ms)} -> {_ms(report.latency_after_ms)}: "
-            f"speed-up {report.speedup:.2f}x"
+            f"on the data ({report.data_rows} inputs"
+            + ("" if accuracy is None else f"; the original's accuracy {accuracy:.1%}")
+            + "):"
         )
+        for c in report.candidates:
+            if c.data_max_rel_error is None or c.engine == "original":
+                continue
+            line = f"  {c.name}: max rel error {c.data_max_rel_error:.3g}"
+            if c.data_top1_agreement is not None:
+                line += f", top-1 agreement {c.data_top1_agreement:.1%}"
+            if c.data_accuracy is not None:
+                line += f", accuracy {c.data_accuracy:.1%}"
+            console.print(line, highlight=False)
+    if report.speedup is not None:
+        before, after = report.latency_before, report.latency_after
+        spread = report.speedup_range
+        within = "" if spread is None else f" ({spread[0]:.2f}x to {spread[1]:.2f}x over p10-p90)"
+        console.print(
+            f"latency {before or _ms(report.latency_before_ms)} -> "
+            f"{after or _ms(report.latency_after_ms)}: speed-up {report.speedup:.2f}x{within}",
+            highlight=False,
+        )
+    for name, by_batch in report.throughput.items():
+        rates = ", ".join(
+            f"{rate:.1f} inputs/s at batch {b}" for b, rate in sorted(by_batch.items())
+        )
+        console.print(f"throughput ({name}): {rates}", highlight=False)
     if report.verify is not None:
         other = report.verify_other
         console.print(
@@ -187,13 +223,16 @@ def _print_report(
     if report.peak_rss_mb is not None:
         console.print(f"peak memory (RSS): {report.peak_rss_mb:.0f} MB")
     for note in report.notes:
-        console.print(f"note: {note}")
+        warn = note.startswith(("the machine was busy", "wide timing spread"))
+        console.print(f"[bold yellow]warning:[/] {note}" if warn else f"note: {note}")
 
 
 def run(args: argparse.Namespace) -> int:
     console = Console()
     shape = parse_input(args.input)
     outputs = {}
+    if args.json is not None:
+        outputs["json"] = _files.output_file("--json", args.json, ".json", force=args.force)
     if args.onnx is not None:  # checked before any work; "" is refused, not ignored
         outputs["onnx"] = _files.output_file("--onnx", args.onnx, ".onnx", force=args.force)
         _optional.require("onnxruntime", "--onnx")
@@ -207,6 +246,7 @@ def run(args: argparse.Namespace) -> int:
     if args.weights:
         _load(model, args.weights, args.model)
     model.eval()
+    data = None if args.data is None else load_folder("--data", args.data, model, shape)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed))
     try:  # one run first: an input the model rejects is bad input, said in its terms
         with torch.inference_mode():
@@ -220,10 +260,11 @@ def run(args: argparse.Namespace) -> int:
             precision=args.precision,
             tolerance=args.tolerance,
             engine=args.engine,
+            data=data,
             progress=lambda message: status.update(f"optimizing: {message}"),
         )
     _print_report(console, args.model, shape, report)
-    if outputs and report.program is None:
+    if outputs.keys() - {"json"} and report.program is None:
         failed = report.capture_attempts[-1][1] if report.capture_attempts else report.capture
         raise RuntimeError(
             f"no file written: --onnx and --openvino need a torch.export capture ({failed})"
@@ -235,7 +276,10 @@ def run(args: argparse.Namespace) -> int:
     lines = []
     with console.status("writing the files"), _files.staged(list(outputs.values())) as temps:
         for kind, temp in zip(outputs, temps, strict=True):
-            if kind == "onnx":
+            if kind == "json":
+                temp.write_text(report.to_json())
+                lines.append(f"wrote {outputs[kind].path} (the report as JSON)")
+            elif kind == "onnx":
                 _, verified = save_onnx(report.program, (x,), temp, original=model,
                                         tolerance=tolerance, call=report.call_spec)  # fmt: skip
                 lines.append(
@@ -246,10 +290,12 @@ def run(args: argparse.Namespace) -> int:
                 _, verified = save_openvino(report.program, (x,), temp, original=model,
                                             tolerance=ir_tolerance, precision=ir_precision,
                                             call=report.call_spec)  # fmt: skip
+                hint = "f32" if ir_precision == "float32" else "bf16"
                 lines.append(
                     f"wrote {outputs[kind].path / IR_FILES[0]} and {IR_FILES[1]} (OpenVINO IR, "
-                    f"{ir_precision}, recorded in its runtime options); OpenVINO vs the "
-                    f"original: max rel error {verified.max_rel:.3g}"
+                    f"{ir_precision}, recorded in its runtime options: compile it with "
+                    f"INFERENCE_PRECISION_HINT={hint}); OpenVINO vs the original: "
+                    f"max rel error {verified.max_rel:.3g}"
                 )
     for line in lines:
         console.print(line, highlight=False, soft_wrap=True)

@@ -88,7 +88,8 @@ def _export(
     oblivious: bool,
 ) -> ExportedProgram:
     shapes = tuple({i: hint for i in d} or None for d in dims)
-    with warnings.catch_warnings(), fx_config.patch(backed_size_oblivious=oblivious):
+    patch = fx_config.patch(backed_size_oblivious=oblivious)  # type: ignore[attr-defined]
+    with warnings.catch_warnings(), patch:
         warnings.simplefilter("ignore")
         program = torch.export.export(model, inputs, dynamic_shapes=shapes, strict=False)
         return program.run_decompositions({})

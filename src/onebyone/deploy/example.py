@@ -37,6 +37,13 @@ class Check:
     label: str
     inputs: tuple[torch.Tensor, ...]
     reference: object
+    labels: torch.Tensor | None = None
+    """Class labels of a ``data`` batch, when the data gives them."""
+
+    @property
+    def is_data(self) -> bool:
+        """Whether this check is a batch of the user's data."""
+        return self.label.startswith("data")
 
 
 @dataclass
@@ -133,6 +140,85 @@ class Example:
                     f"takes at other sizes. Received {name} of input {index}: the model "
                     f"rejects {describe(resized)} ({one_line(exc)})"
                 ) from exc
+
+    def add_data(self, data: object, run: Run) -> None:
+        """A check per batch of ``data``: an iterable (a ``DataLoader`` works) of inputs
+        (a tensor or a tuple of tensors like ``example_input``) or of ``(input, label)``
+        pairs, each input shaped like the example except the batch (and the
+        ``dynamic`` dimensions)."""
+        if isinstance(data, (torch.Tensor, str, bytes)) or not hasattr(data, "__iter__"):
+            raise _checks.invalid(
+                "data", "an iterable of inputs or of (input, label) pairs", type(data).__name__,
+                kind=TypeError,
+            )  # fmt: skip
+        count = 0
+        for index, item in enumerate(data):
+            inputs, labels = self._split(item, index)
+            try:
+                reference = run(inputs)
+            except ValueError as exc:
+                raise ValueError(
+                    f"Invalid value for argument `data`. Expected inputs the model takes. "
+                    f"Received batch {index} of {describe(inputs)}: "
+                    f"{one_line(exc.__cause__ or exc)}"
+                ) from exc
+            self.checks.append(Check(f"data batch {index}", inputs, reference, labels))
+            count += 1
+        if count == 0:
+            raise _checks.invalid("data", "at least one batch", "an empty iterable")
+
+    def _split(
+        self, item: object, index: int
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
+        """``(inputs, labels)`` of one ``data`` item, checked against the example."""
+        labels = None
+        n = len(self.inputs)
+        if (
+            isinstance(item, (tuple, list))
+            and len(item) == n + 1
+            and all(isinstance(t, torch.Tensor) for t in item)
+        ):
+            *xs, labels = item
+            inputs = tuple(xs)
+        elif isinstance(item, (tuple, list)) and len(item) == 2 and n == 1:
+            inputs, labels = (item[0],), item[1]
+        elif isinstance(item, torch.Tensor):
+            inputs = (item,)
+        elif isinstance(item, (tuple, list)):
+            inputs = tuple(item)
+        else:
+            raise _checks.invalid("data", "tensors or (input, label) pairs", type(item).__name__,
+                                  kind=TypeError)  # fmt: skip
+        if len(inputs) != n or not all(isinstance(t, torch.Tensor) for t in inputs):
+            raise ValueError(
+                f"Invalid value for argument `data`. Expected {n} tensor(s) per batch, like "
+                f"example_input. Received batch {index} of {describe(inputs)}."
+            )
+        for i, (t, e) in enumerate(zip(inputs, self.inputs, strict=True)):
+            free = {0, *self.dynamic[i]}
+            same = t.dim() == e.dim() and all(
+                a == b
+                for d, (a, b) in enumerate(zip(t.shape, e.shape, strict=True))
+                if d not in free
+            )
+            if not same or t.dtype != e.dtype or (t.dim() >= 1 and t.shape[0] == 0):
+                raise ValueError(
+                    "Invalid value for argument `data`. Expected inputs shaped like "
+                    f"example_input {describe(self.inputs)} (any batch size, {e.dtype}). "
+                    f"Received batch {index}: {describe(inputs)} of {t.dtype}."
+                )
+        bad_labels = labels is not None and (
+            not isinstance(labels, torch.Tensor)
+            or labels.is_floating_point()
+            or labels.dim() != 1
+            or labels.shape[0] != inputs[0].shape[0]
+        )
+        if bad_labels:
+            raise ValueError(
+                "Invalid value for argument `data`. Expected integer class labels, one per "
+                f"row. Received batch {index}'s labels {describe(labels)}."
+            )
+        return tuple(t.detach().clone() for t in inputs), labels
 
     def dynamic_dims(self) -> list[tuple[int, int]]:
         """``(input index, dimension)`` for every dimension asked to be dynamic."""
@@ -258,8 +344,8 @@ def _dynamic_dims(dynamic: object, inputs: Sequence[torch.Tensor]) -> list[tuple
         for d in dims:
             if isinstance(d, str) and d in names:
                 chosen.add(names[d])
-            elif _checks._is_int(d) and 1 <= int(d) < t.dim():  # type: ignore[call-overload]
-                chosen.add(int(d))  # type: ignore[call-overload]
+            elif _checks._is_int(d) and 1 <= int(d) < t.dim():
+                chosen.add(int(d))
             else:
                 raise _checks.invalid("dynamic", expected, dynamic)
         out.append(tuple(sorted(chosen)))

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import copy
 import resource
-import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -25,18 +24,19 @@ from torch.export import ExportedProgram
 
 from onebyone import _checks
 from onebyone.deploy.capture import capture, one_line
-from onebyone.deploy.engines import onnxruntime as ort_engine
-from onebyone.deploy.engines import openvino as ov_engine
-from onebyone.deploy.engines import torch as torch_engine
+from onebyone.deploy.engines import onnxruntime as ort_engine  # noqa: F401  (registers)
+from onebyone.deploy.engines import openvino as ov_engine  # noqa: F401  (registers)
+from onebyone.deploy.engines import torch as torch_engine  # noqa: F401  (registers)
+from onebyone.deploy.engines.registry import REGISTRY, Graph, names
 from onebyone.deploy.example import Check, Example, output_scale, run_reference
 from onebyone.deploy.passes import drop_whole_slices, fold_norms, merge_branches, merge_pointwise
 from onebyone.deploy.program import Program
 from onebyone.deploy.report import Candidate, OptimizeReport
 from onebyone.deploy.served import Served, freeze
 from onebyone.deploy.signature import dim_name
+from onebyone.deploy.timing import Timing, machine_load, time_alone
 from onebyone.transforms.fold import check_eval, check_model, fold_batchnorm
 from onebyone.transforms.fuse import fuse_epilogues
-from onebyone.transforms.layout import to_channels_last
 from onebyone.transforms.verify import (
     VerificationError,
     VerifyReport,
@@ -53,15 +53,12 @@ __all__ = [
     "optimize",
 ]
 
-ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino")
+ENGINES: tuple[str, ...] = ("auto", *names())
+"""``"auto"`` and the engines registered when ``onebyone.deploy`` is imported
+(``engines.registry.register`` adds more)."""
 PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
 DEFAULT_TOLERANCES: dict[str, float] = {"float32": 1e-4, "bfloat16": 6e-2}
 """Relative error (``max |c - r| / max |r|``, per output) each precision is checked at."""
-
-TIMING_BUDGET_S = 2.0
-"""How long the side-by-side timing of the candidates may take, at most (3 rounds at least)."""
-BLOCK_CALLS = 3
-"""Counted calls per model and round (after one call that is not counted)."""
 
 Progress = Callable[[str], None]
 
@@ -72,19 +69,11 @@ class EngineUnavailableError(RuntimeError):
 
 
 def _available(engine: str) -> str | None:
-    if engine == "onnxruntime":
-        return ort_engine.available()
-    if engine == "openvino":
-        return ov_engine.available()
-    return None
+    return REGISTRY[engine].available()
 
 
 def _precisions(engine: str) -> tuple[str, ...]:
-    if engine == "torch":
-        return torch_engine.precisions()
-    if engine == "openvino":
-        return ov_engine.precisions()
-    return ort_engine.PRECISIONS
+    return REGISTRY[engine].precisions()
 
 
 def _check_model_dtype(model: nn.Module, precision: str) -> None:
@@ -128,36 +117,55 @@ def _top1(reference: object, candidate: object) -> tuple[int, int] | None:
     return agree, ref.shape[0]
 
 
-def _median_ms(times: list[float]) -> float:
-    return statistics.median(times) * 1e3
+def _time_each(models: dict[str, nn.Module], inputs: tuple[torch.Tensor, ...]) -> dict[str, Timing]:
+    """Each model timed on its own, one after another (``timing.time_alone``)."""
+    batch = inputs[0].shape[0] if inputs and inputs[0].dim() >= 1 else 1
+    return {
+        name: time_alone(lambda m=module: m(*inputs), batch=batch)  # type: ignore[misc]
+        for name, module in models.items()
+    }
 
 
-def _time_side_by_side(
-    models: dict[str, nn.Module], inputs: tuple[torch.Tensor, ...], budget_s: float
-) -> dict[str, float]:
-    """Median latency (ms) of each model on ``inputs``.
+def _larger_batch(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | None:
+    """The example with its batch grown to ``max(8, 2 n)`` rows (rows repeated)."""
+    if not inputs or inputs[0].dim() == 0:
+        return None
+    n = inputs[0].shape[0]
+    m = max(8, 2 * n)
+    rows = torch.arange(m) % n
+    return tuple(t[rows] if t.dim() >= 1 and t.shape[0] == n else t for t in inputs)
 
-    Rounds go over every model in a rotating order; each model runs a block of calls
-    whose first one is not counted: the engine before it may leave threads spinning
-    for a few milliseconds (ONNX Runtime's, OpenVINO's, OpenMP's), and only that
-    first call would pay for them. At least 3 rounds, then more while within
-    ``budget_s``.
-    """
-    times: dict[str, list[float]] = {name: [] for name in models}
-    names = list(models)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        rounds = 0
-        while rounds < 3 or (time.perf_counter() - start < budget_s and rounds < 30):
-            order = names[rounds % len(names) :] + names[: rounds % len(names)]
-            for name in order:
-                models[name](*inputs)  # not counted: what the previous engine left running
-                for _ in range(BLOCK_CALLS):
-                    t = time.perf_counter()
-                    models[name](*inputs)
-                    times[name].append(time.perf_counter() - t)
-            rounds += 1
-    return {name: _median_ms(ts) for name, ts in times.items()}
+
+def _throughput(
+    report: OptimizeReport, models: dict[str, nn.Module], inputs: tuple[torch.Tensor, ...],
+    served: Callable[[tuple[torch.Tensor, ...]], bool],
+) -> None:  # fmt: skip
+    """Inputs per second of the original and the returned model at the example's batch
+    and at a larger one (where the capture serves it)."""
+    for name, t in (("original", report.latency_before), ("optimized", report.latency_after)):
+        if t is not None:
+            report.throughput.setdefault(name, {})[t.batch] = t.throughput
+    larger = _larger_batch(inputs)
+    if larger is None or not served(larger):
+        return
+    for name, module in models.items():
+        t = time_alone(lambda m=module: m(*larger), batch=larger[0].shape[0])  # type: ignore[misc]
+        report.throughput.setdefault(name, {})[t.batch] = t.throughput
+
+
+def _timing_notes(report: OptimizeReport) -> None:
+    """Warn when the machine was busy or the spread is wide."""
+    if report.load is not None and report.load.busy:
+        report.notes.append(
+            f"the machine was busy ({report.load}): other work shares the cores, so the "
+            "latencies and the speed-up are not reliable; time again on a quiet machine"
+        )
+    wide = [c.name for c in report.candidates if c.latency is not None and c.latency.wide]
+    if wide:
+        report.notes.append(
+            f"wide timing spread (p90 - p10 over 25% of the median) for {', '.join(wide)}: "
+            "the speed-up is uncertain"
+        )
 
 
 def _verify(
@@ -167,10 +175,12 @@ def _verify(
 
     An output passes when ``max |c - r| <= tolerance * max |r| + floor``, the floor
     being ``tolerance * 1e-3`` of the largest output of the check (it scales with
-    the outputs: a model whose outputs are all ~1e-9 gets no free pass).
+    the outputs: a model whose outputs are all ~1e-9 gets no free pass). The user's
+    data batches also give their own error, top-1 agreement and accuracy.
     """
     reports: list[VerifyReport] = []
-    agree = rows = 0
+    agree = rows = data_agree = data_rows = correct = labelled = 0
+    data_rel: list[float] = []
     for check in checks:
         output = run_model(module, check.inputs, f"optimised ({candidate.name})")
         floor = tolerance * 1e-3 * output_scale(check.reference)
@@ -178,15 +188,34 @@ def _verify(
         top1 = _top1(check.reference, output)
         if top1 is not None:
             agree, rows = agree + top1[0], rows + top1[1]
+        if check.is_data:
+            data_rel.append(reports[-1].max_rel)
+            if top1 is not None:
+                data_agree, data_rows = data_agree + top1[0], data_rows + top1[1]
+            hits = _hits(output, check.labels)
+            if hits is not None:
+                correct, labelled = correct + hits, labelled + len(check.labels)  # type: ignore[arg-type]
     candidate.max_rel_error = max(r.max_rel for r in reports)
     candidate.max_abs_error = max(r.max_abs for r in reports)
     candidate.top1_agreement = agree / rows if rows else None
+    if data_rel:
+        candidate.data_max_rel_error = max(data_rel)
+        candidate.data_top1_agreement = data_agree / data_rows if data_rows else None
+        candidate.data_accuracy = correct / labelled if labelled else None
     bad = next((r for r in reports if not r.ok), None)
     if bad is None:
         candidate.ok = True
     else:
         candidate.why = f"relative error {bad.max_rel:.3g} beyond the tolerance {tolerance:g}"
     return reports
+
+
+def _hits(output: object, labels: torch.Tensor | None) -> int | None:
+    """Rows whose arg-max (first output, ``(N, classes)``) equals ``labels``."""
+    first = next((t for _, t in flatten_outputs(output)), None)
+    if labels is None or first is None or first.dim() != 2 or first.shape[0] != len(labels):
+        return None
+    return int((first.argmax(1) == labels).sum())
 
 
 def _check_tolerance(tolerance: object) -> float | None:
@@ -207,6 +236,7 @@ def optimize(
     tolerance: float | None = None,
     engine: str = "auto",
     dynamic: Sequence[Any] | None = None,
+    data: Iterable[Any] | None = None,
     measure: bool = True,
     progress: Progress | None = None,
 ) -> tuple[nn.Module, OptimizeReport]:
@@ -235,6 +265,11 @@ def optimize(
         dynamic: dimensions besides the batch to serve at any size: names for every 4-D
             input (``("height", "width")``), or one sequence of dimension indices or
             names per input. Each is verified at a second size.
+        data: the user's data to verify every candidate on as well: an iterable (a
+            ``DataLoader`` works) of inputs shaped like ``example_input`` (any batch
+            size) or of ``(input, label)`` pairs. The report gives each candidate's
+            error, top-1 agreement with the original and, with labels, accuracy on it
+            (the original's too); a candidate beyond the tolerance on it is refused.
         measure: time the original and the result side by side (``auto`` always times
             its candidates).
         progress: called with a short message at each step (``onebyone optimize`` shows
@@ -274,7 +309,7 @@ def optimize(
     check_model(model)
     check_eval(model)
     _checks.choice("precision", precision, PRECISIONS)
-    _checks.choice("engine", engine, ENGINES)
+    _checks.choice("engine", engine, ("auto", *names()))
     tolerance = _check_tolerance(tolerance)
     if not isinstance(measure, bool):
         raise _checks.invalid("measure", "True or False", measure, kind=TypeError)
@@ -285,7 +320,7 @@ def optimize(
     _check_model_dtype(model, precision)
     example = Example.of(example_input, dynamic)
     inputs = example.inputs
-    engines = ["torch", "onnxruntime", "openvino"] if engine == "auto" else [engine]
+    engines = list(names()) if engine == "auto" else [engine]
     if engine != "auto" and (why := _available(engine)) is not None:
         raise EngineUnavailableError(f"engine={engine!r} cannot run here: {why}")
     precisions = (
@@ -300,7 +335,15 @@ def optimize(
     work = freeze(copy.deepcopy(model))
     report = OptimizeReport(engine=engine, precision=precision, tolerance=limit)
     say("running the original model")
-    example.build_checks(run_reference(work, _expected_shape(model)), limit)
+    run = run_reference(work, _expected_shape(model))
+    example.build_checks(run, limit)
+    if data is not None:
+        say("running the original model on the data")
+        example.add_data(data, run)
+        data_checks = [c for c in example.checks if c.is_data]
+        report.data_batches = len(data_checks)
+        report.data_rows = sum(c.inputs[0].shape[0] if c.inputs[0].dim() else 1
+                               for c in data_checks)  # fmt: skip
     report.exercised = example.exercised
     report.notes += example.notes
 
@@ -308,7 +351,6 @@ def optimize(
     cap = capture(work, inputs, example.dynamic)
     report.capture, report.capture_attempts = cap.how, cap.attempts
     report.dynamic_batch = cap.dynamic_batch
-    builders: dict[str, Callable[[str], nn.Module]] = {}
     exported, spec = cap.program, cap.spec
     if exported is not None and spec is not None:
         program = Program(exported)
@@ -323,27 +365,7 @@ def optimize(
                     f"export kept {dim_name(inputs[index].dim(), dim)} of input {index} "
                     "static: other sizes run the original model"
                 )
-        flat = {"in_spec": spec.in_spec, "out_spec": spec.out_spec, "input_dtypes": spec.dtypes}
-
-        def served(module: nn.Module) -> nn.Module:
-            return Served(module, spec, work)
-
-        builders = {
-            "torch": lambda p: served(torch_engine.torch_module(exported, inputs, precision=p)),
-            "onnxruntime": lambda p: served(
-                ort_engine.onnxruntime_module(
-                    exported,
-                    _traced_inputs(exported, inputs),
-                    precision=p,
-                    spec=flat,
-                    call=spec,
-                    example=inputs,
-                )
-            ),
-            "openvino": lambda p: served(
-                ov_engine.openvino_module(exported, inputs, precision=p, spec=flat, call=spec)
-            ),
-        }
+        graph = Graph(exported, spec, inputs, _traced_inputs(exported, inputs))
     else:
         say("torch.export failed: module-level transforms")
         folded, fold_report = fold_batchnorm(work, inputs, with_report=True)
@@ -351,7 +373,7 @@ def optimize(
         report.capture = "torch.fx" if fold_report.traced else "eager"
         report.passes = [fold_report, fuse_report]
         report.dynamic_batch = True
-        builders = {"torch": lambda p: _module_engine(fused, p)}
+        graph = Graph(None, None, inputs, inputs, module=fused)
 
     candidates: dict[str, nn.Module] = {}
     verified: dict[str, list[VerifyReport]] = {}
@@ -361,7 +383,7 @@ def optimize(
             for p in ps:
                 candidate = Candidate(name, p)
                 report.candidates.append(candidate)
-                module = _build(candidate, builders, cap.attempts, say)
+                module = _build(candidate, graph, work, cap.attempts, say)
                 if module is not None:
                     say(f"checking {candidate.name}")
                     try:
@@ -388,23 +410,35 @@ def optimize(
             VerifyReport([], limit, 0.0),
         )
 
-    say("timing the candidates side by side")
+    say("timing each candidate on its own")
     original = Candidate("original", "float32", max_rel_error=0.0, max_abs_error=0.0, ok=True)
+    if data is not None:
+        _verify(original, work, [c for c in example.checks if c.is_data], limit)
+        report.data_accuracy_original = original.data_accuracy
     timed: dict[str, nn.Module] = dict(candidates)
     if engine == "auto" or measure:
         timed["original/float32"] = work
         report.candidates.append(original)
     chosen_name = next(iter(candidates), "original/float32")
     if len(timed) > 1:
-        latencies = _time_side_by_side(timed, inputs, TIMING_BUDGET_S)
+        report.load = machine_load()
+        timings = _time_each(timed, inputs)
         for c in report.candidates:
-            c.latency_ms = latencies.get(c.name, c.latency_ms)
-        pool = latencies if engine == "auto" else {k: v for k, v in latencies.items()
-                                                   if k in candidates}  # fmt: skip
-        chosen_name = min(pool, key=pool.__getitem__)
+            if c.name in timings:
+                c.latency = timings[c.name]
+                c.latency_ms = c.latency.median_ms
+        pool = timings if engine == "auto" else {k: v for k, v in timings.items()
+                                                 if k in candidates}  # fmt: skip
+        chosen_name = min(pool, key=lambda k: pool[k].median_ms)
         if measure:
-            report.latency_before_ms = latencies.get("original/float32")
-            report.latency_after_ms = latencies[chosen_name]
+            report.latency_before = timings.get("original/float32")
+            report.latency_after = timings[chosen_name]
+            report.latency_before_ms = timings["original/float32"].median_ms
+            report.latency_after_ms = timings[chosen_name].median_ms
+            kept = {"original": work, "optimized": timed[chosen_name]}
+            fits = (lambda x: spec.why_not(x) is None) if spec is not None else (lambda x: True)
+            _throughput(report, kept, inputs, fits)
+        _timing_notes(report)
     chosen_engine, _, chosen_precision = chosen_name.partition("/")
     report.engine, report.precision = chosen_engine, chosen_precision
     result = work if chosen_name == "original/float32" else candidates[chosen_name]
@@ -453,30 +487,34 @@ def _check_bfloat16(engines: list[str]) -> None:
 
 def _build(
     candidate: Candidate,
-    builders: dict[str, Callable[[str], nn.Module]],
+    graph: Graph,
+    fallback: nn.Module,
     attempts: list[tuple[str, str]],
     say: Progress,
 ) -> nn.Module | None:
-    """Build one candidate, or say in ``candidate.why`` why it cannot be."""
+    """Build one candidate (behind ``Served`` where the graph has a call spec), or say
+    in ``candidate.why`` why it cannot be."""
     name, precision = candidate.engine, candidate.precision
     why = _available(name)
     if why is None and precision not in _precisions(name):
         why = f"{precision} is not native to {name} on this CPU"
-    if why is None and name not in builders:
-        failed = attempts[-1][1] if attempts else "it failed"
-        why = f"needs a torch.export capture ({failed})"
     if why is not None:
         candidate.why = why
         return None
     say(f"building {candidate.name}")
     start = time.perf_counter()
     try:
-        return builders[name](precision)
+        module = REGISTRY[name].build(graph, precision)
     except Exception as exc:  # an engine that cannot take this model: say why
-        candidate.why = one_line(exc)
+        why = one_line(exc)
+        if graph.program is None:
+            failed = attempts[-1][1] if attempts else "it failed"
+            why = f"needs a torch.export capture ({failed})"
+        candidate.why = why
         return None
     finally:
         candidate.build_s = time.perf_counter() - start
+    return module if graph.spec is None else Served(module, graph.spec, fallback)
 
 
 def _traced_inputs(
@@ -484,10 +522,3 @@ def _traced_inputs(
 ) -> tuple[torch.Tensor, ...]:
     example = program.example_inputs
     return tuple(example[0]) if example is not None else inputs
-
-
-def _module_engine(fused: nn.Module, precision: str) -> nn.Module:
-    """The torch engine without an export capture: the module-level fused model."""
-    if precision != "float32":
-        raise ValueError("bfloat16 needs a torch.export capture")
-    return to_channels_last(fused).eval()

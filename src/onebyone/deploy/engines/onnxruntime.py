@@ -13,9 +13,11 @@ import warnings
 from typing import Any
 
 import torch
+from torch import nn
 from torch.export import ExportedProgram
 
 from onebyone.deploy.engines.base import FlatModule
+from onebyone.deploy.engines.registry import Graph, register
 from onebyone.deploy.signature import CallSpec, DynamicDim
 
 __all__ = ["OnnxRuntimeModule", "available", "export_onnx", "onnxruntime_module"]
@@ -166,3 +168,30 @@ def onnxruntime_module(
     dynamic = call.dynamic_batch and example and example[0].dim() >= 1
     batch = example[0].shape[0] if dynamic else None
     return OnnxRuntimeModule(model_bytes, threads=torch.get_num_threads(), batch=batch, **spec)
+
+
+class OnnxRuntimeEngine:
+    """``torch.onnx.export`` + ONNX Runtime's CPU execution provider."""
+
+    name = "onnxruntime"
+
+    def available(self) -> str | None:
+        return available()
+
+    def precisions(self) -> tuple[str, ...]:
+        return PRECISIONS
+
+    def build(self, graph: Graph, precision: str) -> nn.Module:
+        if graph.program is None or graph.spec is None:
+            raise ValueError("needs a torch.export capture")
+        return onnxruntime_module(
+            graph.program,
+            graph.traced,
+            precision=precision,
+            spec=graph.flat(),
+            call=graph.spec,
+            example=graph.inputs,
+        )
+
+
+ENGINE = register(OnnxRuntimeEngine())

@@ -15,9 +15,11 @@ import warnings
 from typing import Any
 
 import torch
+from torch import nn
 from torch.export import ExportedProgram
 
 from onebyone.deploy.engines.base import FlatModule
+from onebyone.deploy.engines.registry import Graph, register
 from onebyone.deploy.signature import CallSpec, DynamicDim
 from onebyone.functional import decompositions
 
@@ -76,9 +78,19 @@ def _dimension(dim: int | DynamicDim) -> Any:
 
 
 def set_precision(model: Any, precision: str) -> None:
-    """Record ``precision`` in the model's runtime options, so a plain
-    ``core.compile_model(xml, "CPU")`` of its saved IR computes in it."""
+    """Make ``model``'s saved IR compute in ``precision`` when compiled plainly
+    (``core.compile_model(xml, "CPU")``).
+
+    The precision goes into the model's runtime options
+    (``runtime_options/INFERENCE_PRECISION_HINT``, read by tools that honour them);
+    for float32, every operation is also marked precise (``precise_0``, the attribute
+    OpenVINO's own precision-sensitive passes set), which the CPU plugin keeps in
+    float32 where its default would be bfloat16.
+    """
     model.set_rt_info(_HINTS[precision], ["runtime_options", "INFERENCE_PRECISION_HINT"])
+    if precision == "float32":
+        for op in model.get_ops():
+            op.get_rt_info()["precise_0"] = ""
 
 
 class OpenVINOModule(FlatModule):
@@ -195,3 +207,24 @@ def openvino_module(
         shapes=[tuple(t.shape) for t in inputs],
         **spec,
     )
+
+
+class OpenVINOEngine:
+    """``openvino.convert_model`` + OpenVINO's CPU plugin."""
+
+    name = "openvino"
+
+    def available(self) -> str | None:
+        return available()
+
+    def precisions(self) -> tuple[str, ...]:
+        return precisions()
+
+    def build(self, graph: Graph, precision: str) -> nn.Module:
+        if graph.program is None or graph.spec is None:
+            raise ValueError("needs a torch.export capture")
+        return openvino_module(graph.program, graph.inputs, precision=precision,
+                               spec=graph.flat(), call=graph.spec)  # fmt: skip
+
+
+ENGINE = register(OpenVINOEngine())

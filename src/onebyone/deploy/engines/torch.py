@@ -30,11 +30,13 @@ from torch.export import ExportedProgram
 from torch.fx.passes.shape_prop import ShapeProp
 
 from onebyone.activations import TABLE, apply_activation
+from onebyone.deploy.engines.registry import Graph, register
 from onebyone.deploy.passes import conv_call
 from onebyone.functional import conv1x1
 from onebyone.kernels import onednn, routing
 from onebyone.kernels.epilogue import records_grad
 from onebyone.kernels.gemm import is_channels_last
+from onebyone.transforms.layout import to_channels_last
 
 __all__ = ["PackedWeight", "TorchEngineModule", "fused_conv", "precisions", "torch_module"]
 
@@ -344,7 +346,6 @@ def torch_module(
     inputs: tuple[torch.Tensor, ...],
     *,
     precision: str,
-    spec: dict[str, Any] | None = None,
 ) -> TorchEngineModule:
     """Build the frozen torch engine from ``program`` (not modified)."""
     if precision not in precisions():
@@ -376,3 +377,25 @@ def torch_module(
     plain.__dict__.pop("shape_env", None)
     plain.meta = {}
     return TorchEngineModule(plain, dtype).eval()
+
+
+class TorchEngine:
+    """The fused, frozen graph (or, where export failed, the module-level transforms)."""
+
+    name = "torch"
+
+    def available(self) -> str | None:
+        return None
+
+    def precisions(self) -> tuple[str, ...]:
+        return precisions()
+
+    def build(self, graph: Graph, precision: str) -> nn.Module:
+        if graph.program is not None:
+            return torch_module(graph.program, graph.inputs, precision=precision)
+        if graph.module is None or precision != "float32":
+            raise ValueError(f"{precision} needs a torch.export capture")
+        return to_channels_last(graph.module).eval()
+
+
+ENGINE = register(TorchEngine())

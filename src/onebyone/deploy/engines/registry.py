@@ -1,0 +1,96 @@
+"""One registry of engines: adding an engine is one file and one ``register`` call.
+
+An ``Engine`` says whether it can run here (``available``: ``None``, or why not and
+what to install), which precisions it computes natively on this CPU
+(``precisions``), and builds a module from a ``Graph`` (the transformed exported
+program, the calls it serves, the example). ``optimize`` builds every registered
+engine that is available and native in the asked precision, verifies, times and
+chooses among them; it wraps each module so that only the calls the capture proved
+reach it. The anchor is ONNX Runtime's ``quantization/registry.py``: a name maps to
+one entry, and one factory reads the table (no ``if`` chains).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import nn
+from torch.export import ExportedProgram
+
+from onebyone.deploy.signature import CallSpec
+
+__all__ = ["REGISTRY", "Engine", "Graph", "names", "register"]
+
+
+@dataclass
+class Graph:
+    """What an engine builds from.
+
+    Attributes:
+        program: the transformed, functional exported program (``None`` when
+            ``torch.export`` failed: only engines that take ``module`` can build).
+        spec: the calls ``program`` serves.
+        inputs: the example's inputs (in ``spec``).
+        traced: the inputs ``program`` was traced with.
+        module: the module-level transformed model, where export failed.
+    """
+
+    program: ExportedProgram | None
+    spec: CallSpec | None
+    inputs: tuple[torch.Tensor, ...]
+    traced: tuple[torch.Tensor, ...]
+    module: nn.Module | None = None
+
+    def flat(self) -> dict[str, object]:
+        """``FlatModule``'s arguments (the exported call's structure and dtypes)."""
+        if self.spec is None:
+            raise ValueError("needs a torch.export capture")
+        return {
+            "in_spec": self.spec.in_spec,
+            "out_spec": self.spec.out_spec,
+            "input_dtypes": self.spec.dtypes,
+        }
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """An engine ``optimize`` can build: one per file under ``deploy/engines``."""
+
+    name: str
+
+    def available(self) -> str | None:
+        """``None`` when it can run here, else why not (the pip install to run)."""
+        ...
+
+    def precisions(self) -> tuple[str, ...]:
+        """The precisions it computes natively on this CPU."""
+        ...
+
+    def build(self, graph: Graph, precision: str) -> nn.Module:
+        """A module computing ``graph``'s program in ``precision``, called with the
+        exported positional inputs; raises with the reason when it cannot."""
+        ...
+
+
+REGISTRY: dict[str, Engine] = {}
+"""``name -> Engine``, in the order ``auto`` builds them."""
+
+
+def register(engine: Engine) -> Engine:
+    """Add ``engine`` to the registry (replacing one of the same name)."""
+    if not isinstance(engine, Engine) or not isinstance(engine.name, str) or not engine.name:
+        raise TypeError(
+            "Invalid value for argument `engine`. Expected an object with a name, "
+            f"available(), precisions() and build(). Received {type(engine).__name__}."
+        )
+    if engine.name == "auto":
+        raise ValueError("Invalid value for argument `engine`. Expected a name other than 'auto'.")
+    REGISTRY[engine.name] = engine
+    return engine
+
+
+def names() -> tuple[str, ...]:
+    """The registered engines' names."""
+    return tuple(REGISTRY)
