@@ -433,6 +433,8 @@ def _constant_vector(program: Program, value: object, node: fx.Node) -> torch.Te
         return torch.full((int(shape[1]),), float(value), dtype=torch.float64)
     if not isinstance(value, fx.Node) or _dtype(value) != _dtype(node):
         return None
+    if program.from_input(value):
+        return None
     vector = _channel_vector(program.value(value), int(shape[1]), len(shape))
     return None if vector is None else vector.detach().double()
 
@@ -452,7 +454,7 @@ def _tree_operands(program: Program, node: fx.Node) -> list[_Term] | None:
 
     def term(v: object) -> fx.Node | None:
         ok = isinstance(v, fx.Node) and str(program.shape(v)) == str(shape)
-        ok = ok and _dtype(v) == _dtype(node) and program.value(v) is None  # type: ignore[arg-type]
+        ok = ok and _dtype(v) == _dtype(node) and program.from_input(v)  # type: ignore[arg-type]
         return v if ok else None  # type: ignore[return-value]
 
     a, b = node.args
@@ -652,23 +654,26 @@ def merge_branches(program: Program) -> PassReport:
         groups: dict[fx.Node, list[_Branch]] = {}
         for b in branches:
             groups.setdefault(b.source, []).append(b)
-        done: dict[fx.Node, fx.Node] = {}
+        ready: dict[fx.Node, list[_Branch]] = {}
         for source, group in groups.items():
             if len(group) < 2 or not any(b.call is not None for b in group):
                 continue
-            where = " + ".join(b.node.name for b in group)
             why = _compatible(group)
             if why:
-                report.skipped.append((where, why))
-                continue
+                report.skipped.append((" + ".join(b.node.name for b in group), why))
+            else:
+                ready[source] = group
+        rest = [b for b in branches if b.source not in ready]
+        if ready and any(not bool((b.scale == 1).all()) for b in rest):
+            report.skipped.append((node.name, "the sum's other terms are scaled"))
+            continue
+        done: dict[fx.Node, fx.Node] = {}
+        for source, group in ready.items():
             done[source] = _merge_group(program, group, node, constant if not done else None)
+            where = " + ".join(b.node.name for b in group)
             report.applied.append(f"{where} -> {done[source].name}")
         if not done:
             continue
-        rest = [b for b in branches if b.source not in done]
-        if any(not bool((b.scale == 1).all()) for b in rest):
-            report.skipped.append((node.name, "other terms of the sum are scaled"))
-            continue  # the new convolutions have no readers and are dropped
         value = None
         with program.graph.inserting_before(node):
             for term in [*done.values(), *(b.node for b in rest)]:
