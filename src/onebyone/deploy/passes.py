@@ -528,8 +528,9 @@ def _branch(program: Program, leaf: fx.Node, scale: torch.Tensor) -> _Branch:
     weight, bias, mean, var, _momentum, eps = (list(base.args[1:]) + [None] * 6)[:6]
     values = [program.value(t) if t is not None else None for t in (weight, bias, mean, var)]
     given = [t is not None for t in (weight, bias, mean, var)]
-    if any(g and v is None for g, v in zip(given, values, strict=True)) or values[2] is None:
-        return _Branch(leaf, leaf, scale)
+    needed = [g and v is None for g, v in zip(given, values, strict=True)]
+    if any(needed) or values[2] is None or values[3] is None:
+        return _Branch(leaf, leaf, scale)  # computed from the input: not a norm of the state
     affine = batchnorm_affine(values[2], values[3], float(eps), values[0], values[1])  # type: ignore[arg-type]
     read = [u for u in base.users if u is not leaf and u.users]
     refused = f"{leaf.name}'s output is read elsewhere" if len(leaf.users) != 1 or read else ""
