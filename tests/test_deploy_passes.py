@@ -266,6 +266,32 @@ def test_differences_and_per_channel_scales_of_branches_are_one_convolution() ->
     assert count(program, CONVOLUTIONS) == 1 and count(program, [NORM]) == 0
 
 
+class TwoSources(nn.Module):
+    """Two branches of ``x`` and a term of another tensor, that term scaled or not."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 1)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(x) + self.b(x) + self.scale * torch.relu(x)
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0])
+def test_a_sum_over_two_sources_merges_the_branches_of_one(scale: float) -> None:
+    torch.manual_seed(0)
+    model = TwoSources(scale).eval()
+    x = torch.randn(2, 4, 7, 7)
+    program, (merge,) = run_passes(model, x, merge_branches)
+    check_exact(model, program, x)
+    if scale == 1.0:
+        assert merge.count == 1 and count(program, CONVOLUTIONS) == 1, merge
+    else:  # the sum would have to be rebuilt with its scale: left as it is, and said
+        assert merge.count == 0 and "scaled" in merge.skipped[0][1], merge
+        assert count(program, CONVOLUTIONS) == 2
+
+
 class Apart(nn.Module):
     def __init__(self, first: nn.Module, second: nn.Module, read_twice: bool = False) -> None:
         super().__init__()

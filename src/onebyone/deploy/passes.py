@@ -433,6 +433,8 @@ def _constant_vector(program: Program, value: object, node: fx.Node) -> torch.Te
         return torch.full((int(shape[1]),), float(value), dtype=torch.float64)
     if not isinstance(value, fx.Node) or _dtype(value) != _dtype(node):
         return None
+    if program.from_input(value):
+        return None
     vector = _channel_vector(program.value(value), int(shape[1]), len(shape))
     return None if vector is None else vector.detach().double()
 
@@ -452,7 +454,7 @@ def _tree_operands(program: Program, node: fx.Node) -> list[_Term] | None:
 
     def term(v: object) -> fx.Node | None:
         ok = isinstance(v, fx.Node) and str(program.shape(v)) == str(shape)
-        ok = ok and _dtype(v) == _dtype(node) and program.value(v) is None  # type: ignore[arg-type]
+        ok = ok and _dtype(v) == _dtype(node) and program.from_input(v)  # type: ignore[arg-type]
         return v if ok else None  # type: ignore[return-value]
 
     a, b = node.args
@@ -526,8 +528,9 @@ def _branch(program: Program, leaf: fx.Node, scale: torch.Tensor) -> _Branch:
     weight, bias, mean, var, _momentum, eps = (list(base.args[1:]) + [None] * 6)[:6]
     values = [program.value(t) if t is not None else None for t in (weight, bias, mean, var)]
     given = [t is not None for t in (weight, bias, mean, var)]
-    if any(g and v is None for g, v in zip(given, values, strict=True)) or values[2] is None:
-        return _Branch(leaf, leaf, scale)
+    needed = [g and v is None for g, v in zip(given, values, strict=True)]
+    if any(needed) or values[2] is None or values[3] is None:
+        return _Branch(leaf, leaf, scale)  # computed from the input: not a norm of the state
     affine = batchnorm_affine(values[2], values[3], float(eps), values[0], values[1])  # type: ignore[arg-type]
     read = [u for u in base.users if u is not leaf and u.users]
     refused = f"{leaf.name}'s output is read elsewhere" if len(leaf.users) != 1 or read else ""
@@ -652,23 +655,26 @@ def merge_branches(program: Program) -> PassReport:
         groups: dict[fx.Node, list[_Branch]] = {}
         for b in branches:
             groups.setdefault(b.source, []).append(b)
-        done: dict[fx.Node, fx.Node] = {}
+        ready: dict[fx.Node, list[_Branch]] = {}
         for source, group in groups.items():
             if len(group) < 2 or not any(b.call is not None for b in group):
                 continue
-            where = " + ".join(b.node.name for b in group)
             why = _compatible(group)
             if why:
-                report.skipped.append((where, why))
-                continue
+                report.skipped.append((" + ".join(b.node.name for b in group), why))
+            else:
+                ready[source] = group
+        rest = [b for b in branches if b.source not in ready]
+        if ready and any(not bool((b.scale == 1).all()) for b in rest):
+            report.skipped.append((node.name, "the sum's other terms are scaled"))
+            continue
+        done: dict[fx.Node, fx.Node] = {}
+        for source, group in ready.items():
             done[source] = _merge_group(program, group, node, constant if not done else None)
+            where = " + ".join(b.node.name for b in group)
             report.applied.append(f"{where} -> {done[source].name}")
         if not done:
             continue
-        rest = [b for b in branches if b.source not in done]
-        if any(not bool((b.scale == 1).all()) for b in rest):
-            report.skipped.append((node.name, "other terms of the sum are scaled"))
-            continue  # the new convolutions have no readers and are dropped
         value = None
         with program.graph.inserting_before(node):
             for term in [*done.values(), *(b.node for b in rest)]:

@@ -36,6 +36,7 @@ class Program:
         self.program = program
         self.graph: fx.Graph = program.graph_module.graph
         self._values: dict[fx.Node, torch.Tensor | None] = {}
+        self._from_input: dict[fx.Node, bool] = {}
         self._added = 0
 
     # ------------------------------------------------------------------ reading
@@ -72,6 +73,8 @@ class Program:
             return None
         if node in self._values:
             return self._values[node]
+        if self.from_input(node):
+            return None  # without walking back through the activations
         result: torch.Tensor | None = None
         if node.op == "placeholder":
             result = self.state_value(node)
@@ -100,6 +103,20 @@ class Program:
         if whole:
             return out
         return out if isinstance(out, torch.Tensor) else None
+
+    def from_input(self, node: fx.Node) -> bool:
+        """Whether ``node``'s value depends on an input of the program (not on the
+        model's state alone). One pass over the graph, redone when it has new nodes;
+        unlike ``value`` it never computes anything."""
+        if node not in self._from_input:
+            self._from_input = {}
+            for n in self.graph.nodes:
+                if n.op == "placeholder":
+                    self._from_input[n] = self.state_value(n) is None
+                else:
+                    inputs = n.all_input_nodes
+                    self._from_input[n] = any(self._from_input.get(i, True) for i in inputs)
+        return self._from_input.get(node, True)
 
     def shape(self, node: object) -> tuple[Any, ...] | None:
         """The (possibly symbolic) shape export recorded for ``node``."""
@@ -171,4 +188,5 @@ class Program:
         self.graph.lint()
         self.program.graph_module.recompile()
         self._values.clear()
+        self._from_input.clear()
         self.program.validate()

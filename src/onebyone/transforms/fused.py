@@ -21,7 +21,7 @@ from torch.nn.utils import skip_init
 from onebyone import _checks, activations
 from onebyone.activations import apply_activation
 from onebyone.functional import conv1x1
-from onebyone.geometry import conv_output_size, pointwise_output_size
+from onebyone.geometry import conv_output_size, is_pointwise, pointwise_output_size
 from onebyone.kernels import onednn, routing
 from onebyone.kernels.epilogue import records_grad
 from onebyone.nn.conv import Conv1x1
@@ -237,11 +237,7 @@ class FusedConv1x1(Conv1x1):
                 )
             act = conv.activation if activation is None else activation
             stride, groups = conv.stride, conv.groups
-        elif (
-            isinstance(conv, nn.Conv2d)
-            and tuple(conv.kernel_size) == (1, 1)
-            and conv.padding == (0, 0)
-        ):
+        elif isinstance(conv, nn.Conv2d) and is_pointwise(conv.kernel_size, conv.padding):
             act, stride, groups = activation, (conv.stride[0], conv.stride[1]), conv.groups
         else:
             raise _checks.invalid(
