@@ -10,7 +10,7 @@ greedy choice on energy lost per MAC saved (over each ladder's lower convex
 hull) walks down the ladders until the budget is met. A layer whose split
 never saves MACs is left alone. The input model is never changed.
 
-The pieces: ``LowRank`` (the factorised layer), ``plan`` (the ranks),
+The pieces: ``LowRank`` (the factorised layer), ``_plan`` (the ranks),
 ``factorize`` (the surgery), ``distill`` (the optional fine-tune),
 ``compress`` (all of it, with its ``CompressReport``) and ``save_compressed`` /
 ``load_compressed`` (safetensors with the ranks in its metadata).
@@ -47,7 +47,6 @@ __all__ = [
     "distill",
     "factorize",
     "load_compressed",
-    "plan",
     "save_compressed",
 ]
 
@@ -331,7 +330,7 @@ def _layers(model: nn.Module, example: tuple[torch.Tensor, ...]) -> tuple[
     return found, skipped, prof
 
 
-def plan(
+def _plan(
     ladders: Sequence[_Ladder], total_macs: int, target: float
 ) -> tuple[dict[str, tuple[int, ...]], int]:
     """Ranks per layer meeting ``target * total_macs`` with the least energy lost.
@@ -802,7 +801,7 @@ def compress(
         report.macs_before - sum(ld.points[0][0] - ld.points[-1][0] for ld in useful)
     ) / report.macs_before
     say("choosing ranks")
-    chosen, _ = plan(useful, report.macs_before, target)
+    chosen, _ = _plan(useful, report.macs_before, target)
     compressed, kept = factorize(original, chosen, iterations=iterations)
     compressed.eval()
     for name, (module, kind, _, macs) in found.items():
