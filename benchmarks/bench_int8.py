@@ -188,9 +188,13 @@ def builders(
     def ours_ov(float_precision: str) -> Callable[[], Callable[[np.ndarray], Any]]:
         def build() -> Callable[[np.ndarray], Any]:
             exported, spec = program()
-            return module_runner(ov_int8.openvino_int8_module(
-                exported, (x,), calibration=calibration, spec=spec,
-                float_precision=float_precision))  # fmt: skip
+            if "ov_int8" not in cache:  # quantised once; compiled for each float precision
+                cache["ov_int8"] = ov_int8.openvino_int8_module(
+                    exported, (x,), calibration=calibration, spec=spec)  # fmt: skip
+            first = cache["ov_int8"]
+            return module_runner(ov_int8.OpenVINOInt8Module(
+                first.ov_model, calibration_s=first.calibration_s, precision=float_precision,
+                threads=THREADS, shapes=[tuple(x.shape)], **spec))  # fmt: skip
 
         return build
 
