@@ -117,6 +117,8 @@ def test_split_data_reads_a_bounded_number_of_batches_from_a_generator() -> None
     split = split_data(endless(), (torch.zeros(1, 3),), calibration_batches=2, held_out_batches=3)
     assert (len(split.calibration), len(split.held_out)) == (2, 3)
     assert len(read) <= 6
+    only = split_data(endless(), (torch.zeros(1, 3),), calibration_batches=4, held_out_batches=0)
+    assert (len(only.calibration), len(only.held_out)) == (4, 0)
 
 
 def test_split_data_takes_a_dataloader_of_pairs_and_of_inputs() -> None:

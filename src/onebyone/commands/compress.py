@@ -25,6 +25,7 @@ from rich.table import Table
 from torch import nn
 
 from onebyone import _checks
+from onebyone._files import output_file
 from onebyone.commands._common import (
     MODEL_FORMS,
     load_weights,
@@ -32,7 +33,6 @@ from onebyone.commands._common import (
     parse_options,
     resolve_model,
 )
-from onebyone._files import output_file
 from onebyone.deploy import ENGINES
 from onebyone.transforms.compress import CompressReport, compress, save_compressed
 

@@ -137,7 +137,8 @@ def split_data(
 ) -> SplitData:
     """Read at most ``calibration_batches + held_out_batches`` batches of ``data`` and split
     them: the first ``min(calibration_batches, max(1, n // 2))`` of the ``n`` read
-    calibrate, the rest are held out. Deterministic for data in a fixed order.
+    calibrate, the rest are held out (with ``held_out_batches=0``, all of them
+    calibrate). Deterministic for data in a fixed order.
 
     Args:
         data: an iterable of input tensors, of tuples of input tensors, or of
@@ -202,7 +203,7 @@ def split_data(
             "Invalid value for argument `data`. Expected every batch with labels or none "
             "with labels. Received a mix."
         )
-    n_cal = min(calibrate, max(1, len(batches) // 2))
+    n_cal = len(batches) if held_out_batches == 0 else min(calibrate, max(1, len(batches) // 2))
     return SplitData(calibration=batches[:n_cal], held_out=batches[n_cal:])
 
 

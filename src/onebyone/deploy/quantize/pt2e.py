@@ -20,7 +20,15 @@ releases ship it in ``torchao`` (``torchao.quantization.pt2e``): on PyTorch 2.13
 torchao 0.18: ``InductorError: UnsupportedOperatorException:
 onednn.qconv_prepack.default`` (the op has no fake-tensor implementation, and
 Inductor's compilation propagates fake tensors through it); without freezing it
-compiles, but runs dequantise + float32 convolutions. Hence the lowering above.
+compiles, but runs dequantise + float32 convolutions. Hence the lowering above; its
+graph runs eagerly, and that is slow: each ``quantize_per_tensor`` between the int8
+kernels runs as five separate ATen ops (mul, round, add, clamp, copy) that Inductor
+would have fused, and ``torch.compile`` of the lowered graph fails too (with or without
+freezing: ``AssertionError`` in ``mkldnn_lowerings.qlinear_unary``, the packed weight
+not being a graph constant). Measured on MobileNetV2 at batch 1: 292 ms against 28 ms
+for OpenVINO float32 (``benchmarks/bench_int8.py``). The builder is correct (its
+accuracy is measured like the others') but no speed candidate on this PyTorch;
+``SLOW`` says so.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from onebyone.activations import apply_activation
 from onebyone.deploy.quantize.data import Batch
 from onebyone.nn import Conv1x1
 
-__all__ = ["Pt2eInt8Module", "available", "torch_int8_module"]
+__all__ = ["SLOW", "Pt2eInt8Module", "available", "torch_int8_module"]
 
 
 def _modules() -> tuple[ModuleType, ModuleType] | str:
@@ -67,6 +75,14 @@ def _modules() -> tuple[ModuleType, ModuleType] | str:
             f"PT2E quantisation needs torchao ({type(exc).__name__}: {exc}; {inside}): "
             "pip install 'onebyone[pt2e]'"
         )
+
+
+SLOW = (
+    "PT2E int8 runs eagerly here (torch.compile of the PT2E graph fails on PyTorch "
+    f"{torch.__version__}: onednn.qconv_prepack has no fake-tensor implementation), its "
+    "quantise steps unfused: slower than float32"
+)
+"""Why the torch engine's int8 is no speed candidate on this PyTorch (for a report)."""
 
 
 def available() -> str | None:
