@@ -1007,3 +1007,15 @@ def test_the_example_is_cloned_once_and_never_read_again(monkeypatch: pytest.Mon
     monkeypatch.setattr(torch.Tensor, "detach", detach)
     optimize(_net(), x, engine="torch", measure=False)
     assert reads == ["detach"]  # detach().clone(): one copy, made by Example.of
+
+
+def test_the_torch_engine_at_another_image_size_runs_the_original() -> None:
+    model = _net_conv()
+    fast, _ = optimize(model, torch.randn(1, 3, 16, 16), engine="torch", measure=False)
+    x = torch.randn(2, 3, 20, 20)
+    with pytest.warns(UserWarning, match=r"not proven.*shape") as caught:
+        out = fast(x)
+        fast(x)  # warned once per shape
+    assert len(caught) == 1
+    with torch.inference_mode():
+        torch.testing.assert_close(out, model(x))
