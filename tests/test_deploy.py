@@ -1019,3 +1019,23 @@ def test_the_torch_engine_at_another_image_size_runs_the_original() -> None:
     assert len(caught) == 1
     with torch.inference_mode():
         torch.testing.assert_close(out, model(x))
+
+
+@pytest.mark.skipif(not HAVE["onnxruntime"], reason="onnxruntime not installed")
+def test_writing_onnx_reuses_what_optimize_exported(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onebyone.deploy import save_onnx
+
+    model = _net()
+    x = torch.randn(1, 3, 6, 6)
+    _, report = optimize(model, x, engine="onnxruntime", measure=False)
+    assert isinstance(report.exports.get("onnx"), bytes)
+
+    def no_export(*args: object, **kwargs: object) -> bytes:
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(ort_engine, "export_onnx", no_export)
+    path, check = save_onnx(report.program, (x,), tmp_path / "m.onnx", original=model,  # type: ignore[operator]
+                            call=report.call_spec, built=report.exports["onnx"])  # fmt: skip
+    assert path.read_bytes() == report.exports["onnx"] and check.ok

@@ -250,7 +250,8 @@ def run(args: argparse.Namespace) -> int:
     if onnx_out is not None:
         with console.status("writing ONNX"), onnx_out.staging() as temp:
             _, verified = save_onnx(report.program, (x,), temp, original=model,
-                                    tolerance=tolerance, call=report.call_spec)  # fmt: skip
+                                    tolerance=tolerance, call=report.call_spec,
+                                    built=report.exports.get("onnx"))  # fmt: skip
         path = onnx_out.path
         console.print(
             f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, ONNX); ONNX Runtime vs the "
@@ -262,7 +263,9 @@ def run(args: argparse.Namespace) -> int:
         with console.status("writing OpenVINO IR"), openvino_out.staging() as temp:
             _, verified = save_openvino(report.program, (x,), temp / "ir", original=model,
                                         tolerance=ir_tolerance, precision=ir_precision,
-                                        call=report.call_spec)  # fmt: skip
+                                        call=report.call_spec,
+                                        built=report.exports.get("openvino")
+                                        if ir_precision == "float32" else None)  # fmt: skip
             for name in ("model.xml", "model.bin"):
                 (temp / "ir" / name).rename(temp / name)
             (temp / "ir").rmdir()
