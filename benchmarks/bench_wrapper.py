@@ -51,7 +51,9 @@ def main() -> None:
     args = parser.parse_args()
     model = obo.create_model("mobilenet_v2").eval()
     x = torch.randn(1, 3, 224, 224)
-    rows = []
+    rows: list[dict[str, Any]] = []
+    load = timing.machine_load()
+    print(f"timed at {load}" + (" (busy: ratios are noisy)" if load and load.busy else ""))
     for precision in ("float32", "bfloat16"):
         for engine in ("torch", "onnxruntime", "openvino"):
             try:
@@ -74,7 +76,9 @@ def main() -> None:
             })  # fmt: skip
             print(f"{engine:12s} {precision:9s} returned {returned}  plain {plain}  "
                   f"overhead {100 * (ratio - 1):+.1f}%")  # fmt: skip
-    path = write_json("wrapper", {"environment": environment(), "rows": rows})
+    load = timing.machine_load()
+    payload = {"environment": environment(), "load_before": str(load), "rows": rows}
+    path = write_json("wrapper", payload)
     print(f"wrote {path}")
 
 
