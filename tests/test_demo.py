@@ -61,7 +61,8 @@ def test_quick_demo_writes_figures_and_summary(quick_run):
         assert summary["cost"][name]["params"] == sum(p.numel() for p in net.parameters())
     assert summary["cost"]["with reduction"]["macs"] < summary["cost"]["without reduction"]["macs"]
     optimized = summary["optimize"]
-    assert optimized["engine"] in ("torch", "onnxruntime")
+    # which engine is kept depends on timing (OpenVINO wins on some CPUs): not asserted
+    assert optimized["engine"] in ("torch", "onnxruntime", "openvino", "original")
     assert optimized["max_rel_error"] <= 1e-4 and optimized["predictions_identical"] is True
     assert optimized["speedup"] == pytest.approx(
         optimized["latency_before_ms"] / optimized["latency_after_ms"]
