@@ -1011,3 +1011,35 @@ def test_the_example_is_cloned_once_and_never_read_again(monkeypatch: pytest.Mon
     monkeypatch.setattr(torch.Tensor, "detach", detach)
     optimize(_net(), x, engine="torch", measure=False)
     assert reads == ["detach"]  # detach().clone(): one copy, made by Example.of
+
+
+def test_the_torch_engine_at_another_image_size_runs_the_original() -> None:
+    model = _net_conv()
+    fast, _ = optimize(model, torch.randn(1, 3, 16, 16), engine="torch", measure=False)
+    x = torch.randn(2, 3, 20, 20)
+    with pytest.warns(UserWarning, match=r"not proven.*shape") as caught:
+        out = fast(x)
+        fast(x)  # warned once per shape
+    assert len(caught) == 1
+    with torch.inference_mode():
+        torch.testing.assert_close(out, model(x))
+
+
+@pytest.mark.skipif(not HAVE["onnxruntime"], reason="onnxruntime not installed")
+def test_writing_onnx_reuses_what_optimize_exported(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onebyone.deploy import save_onnx
+
+    model = _net()
+    x = torch.randn(1, 3, 6, 6)
+    _, report = optimize(model, x, engine="onnxruntime", measure=False)
+    assert isinstance(report.exports.get("onnx"), bytes)
+
+    def no_export(*args: object, **kwargs: object) -> bytes:
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(ort_engine, "export_onnx", no_export)
+    path, check = save_onnx(report.program, (x,), tmp_path / "m.onnx", original=model,  # type: ignore[operator]
+                            call=report.call_spec, built=report.exports["onnx"])  # fmt: skip
+    assert path.read_bytes() == report.exports["onnx"] and check.ok

@@ -281,7 +281,8 @@ def run(args: argparse.Namespace) -> int:
                 lines.append(f"wrote {outputs[kind].path} (the report as JSON)")
             elif kind == "onnx":
                 _, verified = save_onnx(report.program, (x,), temp, original=model,
-                                        tolerance=tolerance, call=report.call_spec)  # fmt: skip
+                                        tolerance=tolerance, call=report.call_spec,
+                                        built=report.exports.get("onnx"))  # fmt: skip
                 lines.append(
                     f"wrote {outputs[kind].path} ({temp.stat().st_size / 1e6:.1f} MB, ONNX); "
                     f"ONNX Runtime vs the original: max rel error {verified.max_rel:.3g}"
@@ -289,7 +290,9 @@ def run(args: argparse.Namespace) -> int:
             else:
                 _, verified = save_openvino(report.program, (x,), temp, original=model,
                                             tolerance=ir_tolerance, precision=ir_precision,
-                                            call=report.call_spec)  # fmt: skip
+                                            call=report.call_spec,
+                                            built=report.exports.get("openvino")
+                                            if ir_precision == "float32" else None)  # fmt: skip
                 hint = "f32" if ir_precision == "float32" else "bf16"
                 lines.append(
                     f"wrote {outputs[kind].path / IR_FILES[0]} and {IR_FILES[1]} (OpenVINO IR, "

@@ -56,13 +56,16 @@ def save_onnx(
     original: nn.Module,
     tolerance: float = 1e-4,
     call: CallSpec | None = None,
+    built: bytes | None = None,
 ) -> tuple[Path, VerifyReport]:
     """Write ``program`` as an ONNX file at ``path``, atomically, once ONNX Runtime has run
     it and its outputs matched ``original``'s on ``inputs`` within ``tolerance``.
 
     The file's inputs declare the shapes the capture proved (``call``, by default read
     from ``program``): static dimensions static, dynamic ones named ``batch``,
-    ``height``, ``width`` (``dim{i}`` for others).
+    ``height``, ``width`` (``dim{i}`` for others). ``built``: the ONNX bytes
+    ``optimize`` already exported from ``program`` (``report.exports["onnx"]``),
+    written instead of exporting again (still run and checked first).
 
     Returns:
         ``(path, the written graph's errors)``.
@@ -74,7 +77,7 @@ def save_onnx(
     """
     target = Path(path)
     spec, flat = _call(program, inputs, original, call)
-    data = ort_engine.export_onnx(program, inputs, spec)
+    data = built if built is not None else ort_engine.export_onnx(program, inputs, spec)
     module = ort_engine.OnnxRuntimeModule(data, threads=torch.get_num_threads(), **flat)
     verified = _checked(module, original, inputs, tolerance)
     _files.write_bytes(target, data)
@@ -90,6 +93,7 @@ def save_openvino(
     tolerance: float = 1e-4,
     precision: str = "float32",
     call: CallSpec | None = None,
+    built: Any = None,
 ) -> tuple[Path, VerifyReport]:
     """Write ``program`` as OpenVINO IR (``model.xml`` + ``model.bin``) into ``folder``,
     atomically, once OpenVINO has run it in ``precision`` and its outputs matched
@@ -99,7 +103,9 @@ def save_openvino(
     (``runtime_options/INFERENCE_PRECISION_HINT``), so a plain
     ``core.compile_model(xml, "CPU")`` computes as checked here (OpenVINO's own default
     is bfloat16 on CPUs that have it); its inputs declare the shapes the capture
-    proved (``call``).
+    proved (``call``). ``built``: the ``openvino.Model`` ``optimize`` already converted
+    (``report.exports["openvino"]``), saved instead of converting again (still run and
+    checked first).
 
     Returns:
         ``(path of model.xml, the written graph's errors)``.
@@ -113,7 +119,7 @@ def save_openvino(
 
     target = Path(folder)
     spec, flat = _call(program, inputs, original, call)
-    model = ov_engine.convert(program, spec)
+    model = built.clone() if built is not None else ov_engine.convert(program, spec)
     ov_engine.set_precision(model, precision)
     module = ov_engine.OpenVINOModule(
         model, precision=precision, threads=torch.get_num_threads(), **flat

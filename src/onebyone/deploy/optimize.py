@@ -393,6 +393,7 @@ def optimize(
                         candidate.why = one_line(exc)
                 if candidate.ok and module is not None:
                     candidates[candidate.name] = module
+                    _keep_export(report, candidate, module)
 
     build(precisions, limit)
     if engine == "auto" and not candidates and "float32" not in precisions:
@@ -462,6 +463,17 @@ def optimize(
     report.prepare_s = time.perf_counter() - start
     report.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result, report
+
+
+def _keep_export(report: OptimizeReport, candidate: Candidate, module: nn.Module) -> None:
+    """Keep what a verified float32 candidate exported, for writing files from it."""
+    if candidate.precision != "float32":
+        return
+    engine = getattr(module, "engine", None)
+    if candidate.engine == "onnxruntime" and hasattr(engine, "model_bytes"):
+        report.exports["onnx"] = engine.model_bytes  # type: ignore[union-attr]
+    elif candidate.engine == "openvino" and hasattr(engine, "ov_model"):
+        report.exports["openvino"] = engine.ov_model  # type: ignore[union-attr]
 
 
 def _check_bfloat16(engines: list[str]) -> None:

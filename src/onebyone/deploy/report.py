@@ -84,6 +84,9 @@ class OptimizeReport:
         program: the transformed exported program (``None`` without ``torch.export``),
             for writing ONNX or OpenVINO files.
         call_spec: the calls ``program`` serves (``onebyone.deploy.signature.CallSpec``).
+        exports: what verified candidates built, for writing files without exporting
+            again: ``"onnx"`` (the ONNX bytes) and ``"openvino"`` (the converted
+            ``openvino.Model``), from their float32 candidates.
         serves: those calls in words (``"(batch, 3, 64, 64); batch in [1, ...]"``); other
             inputs run a frozen copy of the original model.
         exercised: whether the checks could tell different inputs apart; when not, no
@@ -110,6 +113,7 @@ class OptimizeReport:
     notes: list[str] = field(default_factory=list)
     program: Any = field(default=None, repr=False)
     call_spec: Any = field(default=None, repr=False)
+    exports: dict[str, Any] = field(default_factory=dict, repr=False)
     serves: str = ""
     exercised: bool = True
     data_batches: int = 0

@@ -33,6 +33,14 @@ def _shapes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
                  for v in values)  # fmt: skip
 
 
+def _key(args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """What ``CallSpec.why_not`` decides on, when every input is a tensor: each one's
+    shape, dtype, device and layout (``None`` otherwise: checked every time)."""
+    if not all(isinstance(a, torch.Tensor) for a in args):
+        return None
+    return tuple((tuple(a.shape), a.dtype, a.device, a.layout) for a in args)
+
+
 class Served(nn.Module):
     """An engine for the calls its capture proved, the original model for the rest.
 
@@ -51,11 +59,19 @@ class Served(nn.Module):
         self.spec = spec
         self.fallback = fallback
         self._warned: set[tuple[Any, ...]] = set()
+        self._proven: set[tuple[Any, ...]] = set()
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         bound = self.spec.bind(args, kwargs)
+        key = None
+        if bound is not None:
+            key = _key(bound)
+            if key is not None and key in self._proven:  # checked before: shapes decide it
+                return self.engine(*bound)
         why = "the call passes other arguments" if bound is None else self.spec.why_not(bound)
         if why is None:
+            if key is not None:
+                self._proven.add(key)
             return self.engine(*bound)  # type: ignore[misc]
         key = _shapes(args, kwargs)
         if key not in self._warned:
