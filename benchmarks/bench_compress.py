@@ -189,7 +189,10 @@ def main() -> None:
     parser.add_argument("--engine", default="auto", help="optimize's engine (resnet50)")
     parser.add_argument("--block-s", type=float, default=10.0, help="seconds per timed block")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (digits: 1)")
     args = parser.parse_args()
+    if args.threads or args.part == "digits":  # the digits networks are fastest on one
+        torch.set_num_threads(args.threads or 1)
     env = environment()
     if args.part == "digits":
         result = digits(args.seeds, args.epochs, args.lr)
