@@ -714,7 +714,8 @@ def compress(
         finetune_epochs: epochs of distillation on the non-held-out data (needs ``data``).
         time_limit_s: stop fine-tuning after this many seconds.
         holdout: share of ``data`` held out for measuring, in ``(0, 1)``.
-        lr, batch_size: of the fine-tune.
+        lr: the fine-tune's learning rate (Adam).
+        batch_size: inputs per step of the fine-tune and of the measurements.
         rank_multiple: ranks are multiples of this (default: ``min(8, max(1,
             channels // 16))`` per mode), or the full rank.
         iterations: HOOI rounds refining each Tucker-2 split.
