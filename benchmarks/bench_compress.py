@@ -4,7 +4,8 @@
     compressed to 0.25, 0.5, 0.75 and 1.0 of their MACs; test accuracy (the held-out
     digits test set, never seen by training or fine-tuning) before and after a short
     distillation fine-tune on the training images. Writes
-    ``results/compress_digits.json`` and ``results/compress_digits.png``.
+    ``results/compress_digits.json`` and ``results/compress_digits.png`` (also
+    ``docs/compress_digits.png``).
 (b) ``--part resnet50``: timm's ResNet-50 (random weights, batch-norm statistics set
     from a random batch so activations are of order one), compressed to half its MACs;
     the original and the compressed model each through ``obo.optimize`` (float32),
@@ -18,6 +19,7 @@ Run: ``PYTHONPATH=src nice -n 5 python benchmarks/bench_compress.py --part digit
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -33,6 +35,7 @@ import onebyone as obo
 from common import RESULTS, environment, write_json
 from onebyone.explain.digits import evaluate, load_digits_split, train_digits
 
+DOCS = Path(__file__).resolve().parents[1] / "docs"  # the figure is also shown there
 TARGETS = (0.25, 0.5, 0.75, 1.0)
 NETWORKS = {"NiN with 1x1 reduction": 16, "NiN without reduction": None}
 
@@ -74,7 +77,7 @@ def digits(seeds: list[int], epochs: int, lr: float) -> dict[str, Any]:
     return {"rows": rows, "finetune_epochs": epochs, "lr": lr, "batch_size": 32}
 
 
-def plot_digits(result: dict[str, Any], path: Path) -> None:
+def plot_digits(result: dict[str, Any], *paths: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,7 +102,8 @@ def plot_digits(result: dict[str, Any], path: Path) -> None:
     axes[0].legend(loc="lower right")
     fig.suptitle("onebyone compress on the demo's digits networks")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    for path in paths:
+        fig.savefig(path, dpi=120)
 
 
 def calibrated_resnet50(seed: int) -> nn.Module:
@@ -189,11 +193,19 @@ def main() -> None:
     parser.add_argument("--engine", default="auto", help="optimize's engine (resnet50)")
     parser.add_argument("--block-s", type=float, default=10.0, help="seconds per timed block")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (digits: 1)")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the digits figure")
     args = parser.parse_args()
+    if args.threads or args.part == "digits":  # the digits networks are fastest on one
+        torch.set_num_threads(args.threads or 1)
     env = environment()
+    if args.part == "digits" and args.plot_only:
+        saved = json.loads((RESULTS / "compress_digits.json").read_text())
+        plot_digits(saved, RESULTS / "compress_digits.png", DOCS / "compress_digits.png")
+        return
     if args.part == "digits":
         result = digits(args.seeds, args.epochs, args.lr)
-        plot_digits(result, RESULTS / "compress_digits.png")
+        plot_digits(result, RESULTS / "compress_digits.png", DOCS / "compress_digits.png")
         path = write_json("compress_digits", {"environment": env, **result})
     else:
         result = resnet50(args.engine, args.block_s, args.runs)

@@ -32,6 +32,8 @@ DOCUMENTED = {
     ),
     "onebyone.profile": (obo.profile, "api/cost", "onebyone.profile"),
     "onebyone.verify": (obo.verify, "api/transforms", "onebyone.transforms.verify.verify"),
+    "onebyone.compress": (obo.compress, "api/compress", "onebyone.transforms.compress.compress"),
+    "onebyone.load_compressed": (obo.load_compressed, "api/compress", "onebyone.load_compressed"),
 }
 
 

@@ -34,6 +34,7 @@ from torch import nn
 
 from onebyone import _checks
 from onebyone.nn import Conv1x1
+from onebyone.profiling import Profile
 from onebyone.transforms.lowrank import svd_energy, svd_split, tucker2, tucker2_energy
 
 __all__ = [
@@ -203,6 +204,10 @@ class LayerChoice:
     energy_kept: float = 1.0
 
 
+_Calls = Sequence[tuple[tuple[int, ...], tuple[int, ...]]]
+"""``(input shape, output shape)`` of each call of a layer, as ``obo.profile`` saw them."""
+_Found = dict[str, tuple[nn.Module, str, _Calls, int]]
+"""Splittable layers by path: ``(module, "svd" | "tucker2", its calls, its MACs)``."""
 _Point = tuple[int, float, tuple[int, ...]]
 """``(MACs, share of the weight's energy lost, ranks)``; ranks ``()``: the layer itself."""
 
@@ -228,8 +233,7 @@ def _ranks(dim: int, step: int) -> list[int]:
     return sorted({*range(step, dim, step), dim})
 
 
-def _pixels(calls: Sequence[tuple[tuple[int, ...], tuple[int, ...]]], c: int, k: int) -> tuple[
-    int, int]:  # fmt: skip
+def _pixels(calls: _Calls, c: int, k: int) -> tuple[int, int]:
     """Input and output positions summed over the calls: elements / channels."""
     p_in = sum(math.prod(i) // c for i, _ in calls)
     p_out = sum(math.prod(o) // k for _, o in calls)
@@ -257,8 +261,9 @@ def _hull(points: list[_Point]) -> list[_Point]:
     return hull
 
 
-def _ladder(name: str, module: nn.Module, kind: str, calls: Sequence[tuple[tuple[int, ...],
-            tuple[int, ...]]], macs: int, rank_multiple: int | None) -> _Ladder:  # fmt: skip
+def _ladder(
+    name: str, module: nn.Module, kind: str, calls: _Calls, macs: int, rank_multiple: int | None
+) -> _Ladder:
     weight = _tensor_of(module).detach()
     k, c = int(weight.shape[0]), int(weight.shape[1])
     p_in, p_out = _pixels(calls, c, k)
@@ -302,9 +307,9 @@ def _ladder(name: str, module: nn.Module, kind: str, calls: Sequence[tuple[tuple
     return _Ladder(name, kind, _hull(points))
 
 
-def _layers(model: nn.Module, example: tuple[torch.Tensor, ...]) -> tuple[
-    dict[str, tuple[nn.Module, str, list[tuple[tuple[int, ...], tuple[int, ...]]], int]],
-    list[tuple[str, str]], Any]:  # fmt: skip
+def _layers(
+    model: nn.Module, example: tuple[torch.Tensor, ...]
+) -> tuple[_Found, list[tuple[str, str]], Profile]:
     """The layers that can be split, with their calls' shapes and MACs (``obo.profile``),
     the ones left alone with why, and the profile."""
     from onebyone.profiling import profile
@@ -313,7 +318,7 @@ def _layers(model: nn.Module, example: tuple[torch.Tensor, ...]) -> tuple[
     rows: dict[str, list[Any]] = {}
     for row in prof.layers:
         rows.setdefault(row.name, []).append(row)
-    found: dict[str, tuple[nn.Module, str, list[tuple[tuple[int, ...], tuple[int, ...]]], int]] = {}
+    found: _Found = {}
     skipped: list[tuple[str, str]] = []
     for name, module in model.named_modules():
         kind, why = _kind(module)
@@ -714,7 +719,8 @@ def compress(
         finetune_epochs: epochs of distillation on the non-held-out data (needs ``data``).
         time_limit_s: stop fine-tuning after this many seconds.
         holdout: share of ``data`` held out for measuring, in ``(0, 1)``.
-        lr, batch_size: of the fine-tune.
+        lr: the fine-tune's learning rate (Adam).
+        batch_size: inputs per step of the fine-tune and of the measurements.
         rank_multiple: ranks are multiples of this (default: ``min(8, max(1,
             channels // 16))`` per mode), or the full rank.
         iterations: HOOI rounds refining each Tucker-2 split.
