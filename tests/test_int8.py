@@ -491,6 +491,41 @@ def test_optimize_auto_without_data_skips_int8_and_says_so(
     assert report.max_drop is None
 
 
+def test_bfloat16_with_max_drop_is_held_to_the_budget(digits_data: dict[str, Any]) -> None:
+    from onebyone.deploy.engines import openvino as ov_engine
+
+    _skip_unless("openvino")
+    if "bfloat16" not in ov_engine.precisions():
+        pytest.skip("OpenVINO reports no native bfloat16 on this CPU")
+    _, report = obo.optimize(digits_data["model"], digits_data["example"], precision="bfloat16",
+                             engine="openvino", data=digits_data["batches"], max_drop=0.01,
+                             measure=False)  # fmt: skip
+    (candidate,) = report.candidates[:1]
+    assert candidate.name == "openvino/bfloat16" and candidate.ok
+    assert candidate.drop is not None and candidate.drop <= 0.01
+    assert candidate.calibration_s is None and report.max_drop == 0.01
+
+
+def test_a_lossy_candidate_without_a_classifier_output_cannot_meet_the_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from onebyone.deploy import timing
+    from onebyone.transforms.verify import VerificationError
+
+    _skip_unless("onnxruntime")
+    monkeypatch.setattr(timing, "WARMUP_S", 0.0)
+    monkeypatch.setattr(timing, "BLOCK_S", 0.02)
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(4, 3, 6, 6, generator=g) for _ in range(4)]
+    with pytest.raises(VerificationError, match=r"onnxruntime/int8: the budget cannot be checked"):
+        obo.optimize(model, batches[0], precision="int8", engine="onnxruntime", data=batches)
+    fast, report = obo.optimize(model, batches[0], precision="int8", data=batches)
+    assert report.precision == "float32"  # nothing lossy could be judged: float32 competes
+    assert any("no int8 candidate met max_drop 0.01" in n for n in report.notes)
+    torch.testing.assert_close(fast(batches[1]), model(batches[1]), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "kind", "match"),
     [
@@ -571,35 +606,48 @@ def _cli(digits_files: dict[str, Any], *argv: str) -> list[str]:
             *argv]  # fmt: skip
 
 
-def test_cli_int8_with_a_data_folder_writes_json_and_the_qdq_model(
-    digits_files: dict[str, Any], tmp_path: Any, capsys: pytest.CaptureFixture[str]
-) -> None:
-    import onnx
-    import onnxruntime as ort
-
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_cli_int8_with_a_data_folder_writes_json_and_the_int8_model(
+    digits_data: dict[str, Any], digits_files: dict[str, Any], tmp_path: Any,
+    capsys: pytest.CaptureFixture[str], engine: str,
+) -> None:  # fmt: skip
     from onebyone.cli import main
 
-    _skip_unless("onnxruntime")
-    report_path, onnx_path = tmp_path / "report.json", tmp_path / "digits-int8.onnx"
-    argv = _cli(digits_files, "--precision", "int8", "--engine", "onnxruntime",
+    _skip_unless(engine)
+    report_path = tmp_path / "report.json"
+    option, target = (("--onnx", tmp_path / "digits-int8.onnx") if engine == "onnxruntime"
+                      else ("--openvino", tmp_path / "ir"))  # fmt: skip
+    argv = _cli(digits_files, "--precision", "int8", "--engine", engine,
                 "--data", digits_files["data"], "--json", str(report_path),
-                "--onnx", str(onnx_path))  # fmt: skip
+                option, str(target))  # fmt: skip
     assert main(argv) == 0
     out = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
-    assert "kept onnxruntime (int8)" in out
+    assert f"kept {engine} (int8)" in out
     assert "200 inputs of the data calibrate, 250 are held out" in out
-    assert "int8: a QDQ ONNX model, the model measured above" in out
+    assert "the model measured above); reloaded, it differs from it by a relative" in out
     report = json.loads(report_path.read_text())
-    (candidate,) = [c for c in report["candidates"] if c["name"] == "onnxruntime/int8"]
+    (candidate,) = [c for c in report["candidates"] if c["name"] == f"{engine}/int8"]
     assert candidate["ok"] and candidate["calibration_s"] > 0
     assert candidate["held_out_top1_agreement"] >= 0.99  # no labels: agreement is the metric
     assert report["budget_metric"] == "top-1 agreement" and report["held_out_rows"] == 250
-    ops = {n.op_type for n in onnx.load(str(onnx_path)).graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     x = np.load(f"{digits_files['data']}/digits-8.npy")
-    (logits,) = session.run(None, {session.get_inputs()[0].name: x})
-    assert logits.shape == (50, 10)
+    if engine == "onnxruntime":
+        import onnx
+        import onnxruntime as ort
+
+        ops = {n.op_type for n in onnx.load(str(target)).graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+        session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+        (logits,) = session.run(None, {session.get_inputs()[0].name: x})
+    else:
+        import openvino as ov
+
+        read = ov.Core().read_model(str(target / "model.xml"))
+        assert any(op.get_type_name() == "FakeQuantize" for op in read.get_ops())
+        logits = ov.Core().compile_model(read, "CPU")([x])[0]
+    with torch.no_grad():
+        expected = digits_data["model"](torch.from_numpy(x)).argmax(1).numpy()
+    assert logits.shape == (50, 10) and (logits.argmax(1) == expected).mean() >= 0.96
 
 
 @pytest.mark.parametrize(
