@@ -4,6 +4,7 @@ digits network (real data) and on a timm model (random weights: error figures on
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+import onebyone as obo
 from onebyone.deploy.capture import capture
 from onebyone.deploy.quantize import (
     AccuracyReport,
@@ -382,3 +384,293 @@ def test_pt2e_says_why_it_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
     assert why is not None and "needs torchao" in why and "pip install 'onebyone[pt2e]'" in why
     with pytest.raises(RuntimeError, match="needs torchao"):
         pt2e.torch_int8_module(nn.Identity(), (torch.zeros(1),), calibration=[])
+
+
+# --- optimize(precision="int8" | "auto", data=..., max_drop=...) --------------------------
+
+
+@pytest.fixture(scope="module")
+def digits_data() -> dict[str, Any]:
+    """The digits network and optimize's data: 8 training batches (they calibrate: the
+    first min(8, n // 2) of the n = 17 batches) then the whole test set (held out)."""
+    pytest.importorskip("sklearn")
+    from onebyone.explain.digits import load_digits_split, train_digits
+
+    data = load_digits_split()
+    model = train_digits(epochs=8, seed=0, data=data).model.eval()
+    batches = list(zip(data.x_train.split(64)[:8], data.y_train.split(64)[:8], strict=True))
+    batches += list(zip(data.x_test.split(50), data.y_test.split(50), strict=True))
+    return {"model": model, "data": data, "batches": batches,
+            "example": data.x_test[:4].clone(), "optimized": {}}  # fmt: skip
+
+
+def _test_accuracy(model: nn.Module, digits_data: dict[str, Any]) -> float:
+    data = digits_data["data"]
+    with torch.no_grad():
+        return float((model(data.x_test).argmax(1) == data.y_test).float().mean())
+
+
+def _optimized(digits_data: dict[str, Any], engine: str) -> tuple[nn.Module, Any]:
+    """``optimize(precision="int8", engine=engine)`` on the digits, once per engine."""
+    if engine not in digits_data["optimized"]:
+        _skip_unless(engine)
+        digits_data["optimized"][engine] = obo.optimize(
+            digits_data["model"], digits_data["example"], precision="int8", engine=engine,
+            data=digits_data["batches"], measure=False,
+        )  # fmt: skip
+    return digits_data["optimized"][engine]
+
+
+@pytest.mark.parametrize("engine", ["openvino", "onnxruntime"])
+def test_optimize_int8_keeps_digits_test_accuracy_within_half_a_point(
+    digits_data: dict[str, Any], engine: str
+) -> None:
+    fast, report = _optimized(digits_data, engine)
+    assert (report.engine, report.precision) == (engine, "int8")
+    reference = _test_accuracy(digits_data["model"], digits_data)
+    assert reference > 0.9
+    assert _test_accuracy(fast, digits_data) >= reference - 0.005
+    (candidate,) = report.candidates[:1]
+    assert candidate.name == f"{engine}/int8" and candidate.ok
+    assert candidate.calibration_s is not None and candidate.calibration_s > 0
+    assert candidate.drop is not None and candidate.drop <= 0.01
+    assert candidate.max_rel_error > 0  # quantised: not bit-equal
+    # the split: 8 training batches calibrate, the 450 test rows are held out
+    assert (report.calibration_rows, report.held_out_rows) == (512, 450)
+    assert report.max_drop == 0.01 and report.budget_metric == "accuracy"
+    assert report.held_out_accuracy_original == pytest.approx(reference)
+    assert set(report.int8_modules) == {engine}
+    as_json = json.loads(report.to_json())
+    assert as_json["candidates"][0]["calibration_s"] > 0 and as_json["max_drop"] == 0.01
+    assert "int8_modules" not in as_json
+
+
+@pytest.mark.slow
+def test_optimize_auto_keeps_the_fastest_within_one_point(
+    digits_data: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onebyone.deploy import timing
+
+    monkeypatch.setattr(timing, "WARMUP_S", 0.0)
+    monkeypatch.setattr(timing, "BLOCK_S", 0.02)
+    fast, report = obo.optimize(digits_data["model"], digits_data["example"], precision="auto",
+                                data=digits_data["batches"], max_drop=0.01)  # fmt: skip
+    assert _test_accuracy(fast, digits_data) >= _test_accuracy(digits_data["model"],
+                                                               digits_data) - 0.01  # fmt: skip
+    names = {c.name for c in report.candidates}
+    # every engine x precision is listed (built, or why not), the original among them
+    assert {f"{e}/{p}" for e in obo.deploy.ENGINES[1:] for p in ("float32", "bfloat16", "int8")
+            } <= names and "original/float32" in names  # fmt: skip
+    timed = [c for c in report.candidates if c.ok]
+    assert all(c.latency is not None and c.latency.runs >= 1 for c in timed)
+    kept = next(c for c in timed if (c.engine, c.precision) == (report.engine, report.precision))
+    assert kept.latency_ms == min(c.latency_ms for c in timed)  # the fastest that passed
+    for c in report.candidates:
+        if c.precision in ("bfloat16", "int8") and c.ok:
+            assert c.drop is not None and c.drop <= 0.01
+        if c.precision == "float32" and c.ok and c.engine != "original":
+            assert c.max_rel_error is not None and c.max_rel_error <= 1e-4
+        if c.engine != "original" and not c.ok:
+            assert c.why  # says why not
+    if any(c.precision == "int8" and c.ok for c in report.candidates):
+        assert any(c.calibration_s for c in report.candidates if c.precision == "int8")
+
+
+def test_optimize_auto_without_data_skips_int8_and_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from onebyone.deploy import timing
+
+    monkeypatch.setattr(timing, "WARMUP_S", 0.0)
+    monkeypatch.setattr(timing, "BLOCK_S", 0.02)
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16, 4)).eval()
+    _, report = obo.optimize(model, torch.randn(2, 3, 4, 4), precision="auto",
+                                engine="torch", measure=False)  # fmt: skip
+    assert "int8" not in {c.precision for c in report.candidates}
+    assert any("int8 was not built: it needs data=" in n for n in report.notes)
+    assert report.max_drop is None
+
+
+def test_bfloat16_with_max_drop_is_held_to_the_budget(digits_data: dict[str, Any]) -> None:
+    from onebyone.deploy.engines import openvino as ov_engine
+
+    _skip_unless("openvino")
+    if "bfloat16" not in ov_engine.precisions():
+        pytest.skip("OpenVINO reports no native bfloat16 on this CPU")
+    _, report = obo.optimize(digits_data["model"], digits_data["example"], precision="bfloat16",
+                             engine="openvino", data=digits_data["batches"], max_drop=0.01,
+                             measure=False)  # fmt: skip
+    (candidate,) = report.candidates[:1]
+    assert candidate.name == "openvino/bfloat16" and candidate.ok
+    assert candidate.drop is not None and candidate.drop <= 0.01
+    assert candidate.calibration_s is None and report.max_drop == 0.01
+
+
+def test_a_lossy_candidate_without_a_classifier_output_cannot_meet_the_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from onebyone.deploy import timing
+    from onebyone.transforms.verify import VerificationError
+
+    _skip_unless("onnxruntime")
+    monkeypatch.setattr(timing, "WARMUP_S", 0.0)
+    monkeypatch.setattr(timing, "BLOCK_S", 0.02)
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(4, 3, 6, 6, generator=g) for _ in range(4)]
+    with pytest.raises(VerificationError, match=r"onnxruntime/int8: the budget cannot be checked"):
+        obo.optimize(model, batches[0], precision="int8", engine="onnxruntime", data=batches)
+    fast, report = obo.optimize(model, batches[0], precision="int8", data=batches)
+    assert report.precision == "float32"  # nothing lossy could be judged: float32 competes
+    assert any("no int8 candidate met max_drop 0.01" in n for n in report.notes)
+    torch.testing.assert_close(fast(batches[1]), model(batches[1]), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "kind", "match"),
+    [
+        ({"precision": "int8"}, ValueError, r"`data`.*calibrate int8.*Received data=None"),
+        ({"precision": "int8", "data": "x", "max_drop": 1.5}, ValueError,
+         r"`max_drop`. Expected a fraction in \[0, 1\]"),
+        ({"precision": "int8", "data": "x", "max_drop": -0.1}, ValueError, r"`max_drop`"),
+        ({"precision": "auto", "data": "x", "max_drop": "1%"}, TypeError, r"`max_drop`"),
+        ({"max_drop": 0.01}, ValueError, r"`data`.*measure the accuracy drop.*max_drop=0.01"),
+        ({"precision": "int8", "engine": "torch", "data": "x"}, ValueError,
+         r"`precision`.*torch: .*Received precision='int8'"),
+        ({"precision": "int8", "data": "rejected"}, ValueError,
+         r"`data`.*shaped like example_input"),
+        ({"precision": "int8", "data": "one"}, ValueError, r"`data`.*at least two batches"),
+        ({"precision": "int9"}, ValueError, r"`precision`"),
+    ],
+)  # fmt: skip
+def test_optimize_int8_bad_input(kwargs: dict[str, Any], kind: type, match: str) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16, 4)).eval()
+    batches = {"x": [torch.randn(2, 3, 4, 4) for _ in range(4)],
+               "rejected": [torch.randn(2, 3, 5, 5) for _ in range(4)],
+               "one": [torch.randn(2, 3, 4, 4)]}  # fmt: skip
+    if isinstance(kwargs.get("data"), str):
+        kwargs = kwargs | {"data": batches[kwargs["data"]]}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(kind, match=match):
+        obo.optimize(model, torch.randn(2, 3, 4, 4), measure=False, **kwargs)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_optimize_int8_artifact_reloads_plainly_to_the_kept_module(
+    digits_data: dict[str, Any], engine: str, tmp_path: Any
+) -> None:
+    from onebyone.deploy import save_int8
+
+    fast, report = _optimized(digits_data, engine)
+    x = digits_data["data"].x_test[:64]
+    target = tmp_path / ("m.onnx" if engine == "onnxruntime" else "ir")
+    written, verified = save_int8(report.int8_modules[engine], target, (x,))
+    assert verified.ok
+    if engine == "onnxruntime":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(written), providers=["CPUExecutionProvider"])
+        (reloaded,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    else:
+        import openvino as ov
+
+        reloaded = ov.Core().compile_model(str(written), "CPU")([x.numpy()])[0]
+    np.testing.assert_allclose(reloaded, fast(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+# --- the CLI ------------------------------------------------------------------------------
+
+DIGITS_NET = "onebyone.explain.digits:DigitsNiN"
+
+
+@pytest.fixture(scope="module")
+def digits_files(digits_data: dict[str, Any], tmp_path_factory: Any) -> dict[str, Any]:
+    """The trained digits network's weights (safetensors) and the test set as .npy files
+    of 50 digits each (9 files: 4 batches calibrate, 5 are held out)."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("digits-cli")
+    weights = folder / "digits.safetensors"
+    save_file({k: v.contiguous() for k, v in digits_data["model"].state_dict().items()},
+              str(weights))  # fmt: skip
+    data = folder / "data"
+    data.mkdir()
+    for i, rows in enumerate(digits_data["data"].x_test.split(50)):
+        np.save(data / f"digits-{i}.npy", rows.numpy())
+    return {"weights": str(weights), "data": str(data)}
+
+
+def _cli(digits_files: dict[str, Any], *argv: str) -> list[str]:
+    return ["optimize", DIGITS_NET, "--weights", digits_files["weights"], "--input", "50x1x8x8",
+            *argv]  # fmt: skip
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_cli_int8_with_a_data_folder_writes_json_and_the_int8_model(
+    digits_data: dict[str, Any], digits_files: dict[str, Any], tmp_path: Any,
+    capsys: pytest.CaptureFixture[str], engine: str,
+) -> None:  # fmt: skip
+    from onebyone.cli import main
+
+    _skip_unless(engine)
+    report_path = tmp_path / "report.json"
+    option, target = (("--onnx", tmp_path / "digits-int8.onnx") if engine == "onnxruntime"
+                      else ("--openvino", tmp_path / "ir"))  # fmt: skip
+    argv = _cli(digits_files, "--precision", "int8", "--engine", engine,
+                "--data", digits_files["data"], "--json", str(report_path),
+                option, str(target))  # fmt: skip
+    assert main(argv) == 0
+    out = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
+    assert f"kept {engine} (int8)" in out
+    assert "200 inputs of the data calibrate, 250 are held out" in out
+    assert "the model measured above); reloaded, it differs from it by a relative" in out
+    report = json.loads(report_path.read_text())
+    (candidate,) = [c for c in report["candidates"] if c["name"] == f"{engine}/int8"]
+    assert candidate["ok"] and candidate["calibration_s"] > 0
+    assert candidate["held_out_top1_agreement"] >= 0.99  # no labels: agreement is the metric
+    assert report["budget_metric"] == "top-1 agreement" and report["held_out_rows"] == 250
+    x = np.load(f"{digits_files['data']}/digits-8.npy")
+    if engine == "onnxruntime":
+        import onnx
+        import onnxruntime as ort
+
+        ops = {n.op_type for n in onnx.load(str(target)).graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+        session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+        (logits,) = session.run(None, {session.get_inputs()[0].name: x})
+    else:
+        import openvino as ov
+
+        read = ov.Core().read_model(str(target / "model.xml"))
+        assert any(op.get_type_name() == "FakeQuantize" for op in read.get_ops())
+        logits = ov.Core().compile_model(read, "CPU")([x])[0]
+    with torch.no_grad():
+        expected = digits_data["model"](torch.from_numpy(x)).argmax(1).numpy()
+    assert logits.shape == (50, 10) and (logits.argmax(1) == expected).mean() >= 0.96
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--precision", "int8"], "Invalid value for argument `--data`"),
+        (["--precision", "auto", "--max-drop", "1.5", "--data", "DATA"],
+         "Invalid value for argument `--max-drop`. Expected a fraction in [0, 1]"),
+        (["--precision", "int8", "--engine", "torch", "--data", "DATA"],
+         "Received --precision='int8'"),
+        (["--precision", "int8", "--input", "50x1x8x9", "--data", "DATA"],
+         "Invalid value for argument `--data`"),
+    ],
+)  # fmt: skip
+def test_cli_int8_bad_input_is_one_line_exit_2_nothing_written(
+    digits_files: dict[str, Any], tmp_path: Any, capsys: pytest.CaptureFixture[str],
+    argv: list[str], message: str,
+) -> None:  # fmt: skip
+    from onebyone.cli import main
+
+    argv = [digits_files["data"] if a == "DATA" else a for a in argv]
+    json_out = tmp_path / "r.json"
+    assert main([*_cli(digits_files, *argv), "--json", str(json_out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []

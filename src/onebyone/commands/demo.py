@@ -43,6 +43,7 @@ from onebyone.explain.digits import (
     train_digits,
 )
 from onebyone.train import launch, process_count
+from onebyone.transforms.verify import verify as verify_model
 
 EPOCHS = 20
 """Training epochs of the full tour."""
@@ -480,7 +481,7 @@ def _optimize(console: Console, result: TrainingResult) -> dict[str, Any]:
         raise RuntimeError("onebyone.optimize measured no timing")
     # measured here on the returned model, whichever one optimize kept (on some CPUs no
     # engine beats the original and a frozen copy of it is returned)
-    verified = obo.verify(result.model, fast, x, rtol=report.tolerance)
+    verified = verify_model(result.model, fast, x, rtol=report.tolerance)
     row = ["latency (median)", f"{report.latency_before_ms:.2f} ms",
            f"{report.latency_after_ms:.2f} ms"]  # fmt: skip
     title = f"one batch of all {len(x)} test images"

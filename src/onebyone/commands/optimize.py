@@ -7,7 +7,9 @@ write the optimised graph, ready for an existing serving engine. Both follow
 ``onebyone._files``' rule: checked before any work (``.onnx`` added when left
 out, existing files kept unless ``--force``), written through temporaries
 renamed into place together, only once every written graph ran and matched the
-original; a failure leaves neither.
+original; a failure leaves neither. With ``--precision int8`` (or when ``auto`` keeps
+an int8 candidate) they are the quantised models that were measured: the QDQ ONNX
+model, the int8 IR, reloaded and checked before they are put in place.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from onebyone import _files, _optional
+from onebyone import _checks, _files, _optional
 from onebyone.commands import SUMMARIES
 from onebyone.commands._common import (
     MODEL_FORMS,
@@ -31,7 +33,16 @@ from onebyone.commands._common import (
     resolve_model,
 )
 from onebyone.commands._terminal import Col, fit
-from onebyone.deploy import ENGINES, PRECISIONS, OptimizeReport, optimize, save_onnx, save_openvino
+from onebyone.deploy import (
+    DEFAULT_TOLERANCES,
+    ENGINES,
+    PRECISIONS,
+    OptimizeReport,
+    optimize,
+    save_int8,
+    save_onnx,
+    save_openvino,
+)
 from onebyone.deploy.data import load_folder
 
 __all__ = ["register", "run"]
@@ -72,8 +83,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--precision",
         default="float32",
         choices=PRECISIONS,
-        help="float32 (exact within its rounding) or bfloat16 (lossy by choice, where the "
-        "CPU has it; its error is reported)",
+        help="float32 (exact within its rounding), bfloat16 (lossy by choice, where the "
+        "CPU has it; its error is reported), int8 (quantised, calibrated on --data, held to "
+        "--max-drop) or auto (the fastest of them within the budget; int8 with --data only)",
+    )
+    p.add_argument(
+        "--max-drop",
+        type=float,
+        metavar="FRACTION",
+        help="largest drop in accuracy (labelled --data) or in top-1 agreement with the "
+        "float32 model, on the held-out part of --data, a lossy candidate may have "
+        "(default 0.01 with int8 and auto)",
     )
     p.add_argument(
         "--tolerance",
@@ -134,8 +154,13 @@ _PASS_COLUMNS = (
 )  # fmt: skip
 _CANDIDATE_COLUMNS = (
     Col("engine", "left", text=True), Col("precision", "left", text=True), Col("latency"),
-    Col("max rel error"), Col("top-1"), Col("build"), Col("note", "left", text=True),
+    Col("p10-p90"), Col("max rel error"), Col("top-1"), Col("accuracy"), Col("calibration"),
+    Col("build"), Col("note", "left", text=True),
 )  # fmt: skip
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
 
 
 def _report_tables(report: OptimizeReport, width: int) -> list[Table]:
@@ -147,16 +172,28 @@ def _report_tables(report: OptimizeReport, width: int) -> list[Table]:
     candidates = []
     for c in report.candidates:
         chosen = (c.engine, c.precision) == (report.engine, report.precision)
+        spread = "-" if c.latency is None else f"{c.latency.p10_ms:.2f}-{c.latency.p90_ms:.2f}"
+        # on the data where given (held-out part with a budget), else on the checks
+        top1 = next((v for v in (c.held_out_top1_agreement, c.data_top1_agreement,
+                                 c.top1_agreement) if v is not None), None)  # fmt: skip
+        accuracy = c.held_out_accuracy if report.max_drop is not None else c.data_accuracy
         candidates.append([
             c.engine,
             c.precision,
             _ms(c.latency_ms),
+            spread,
             "-" if c.max_rel_error is None else f"{c.max_rel_error:.2g}",
-            "-" if c.top1_agreement is None else f"{c.top1_agreement:.1%}",
+            _share(top1),
+            _share(accuracy),
+            "-" if c.calibration_s is None else f"{c.calibration_s:.1f} s",
             f"{c.build_s:.1f} s" if c.build_s else "-",
             "kept" if chosen else ("" if c.ok else c.why),
         ])  # fmt: skip
-    title = f"candidates (tolerance: relative error {report.tolerance:g})"
+    title = f"candidates (tolerance: relative error {report.tolerance:g}"
+    if report.max_drop is not None:
+        title += (f"; lossy ones: {report.budget_metric} drop at most {report.max_drop:g} on "
+                  f"{report.held_out_rows} held-out inputs")  # fmt: skip
+    title += ")"
     return [
         *fit(_PASS_COLUMNS, passes, width, title="passes on the graph"),
         *fit(_CANDIDATE_COLUMNS, candidates, width, title=title, keys=2),
@@ -192,6 +229,15 @@ def _print_report(
             if c.data_accuracy is not None:
                 line += f", accuracy {c.data_accuracy:.1%}"
             console.print(line, highlight=False)
+    if report.max_drop is not None:
+        original = report.held_out_accuracy_original
+        console.print(
+            f"budget: {report.calibration_rows} inputs of the data calibrate, "
+            f"{report.held_out_rows} are held out"
+            + ("" if original is None else f" (the original's accuracy on them {original:.1%})")
+            + f"; max drop {report.max_drop:g} in {report.budget_metric}",
+            highlight=False,
+        )
     if report.speedup is not None:
         before, after = report.latency_before, report.latency_after
         spread = report.speedup_range
@@ -227,9 +273,25 @@ def _print_report(
         console.print(f"[bold yellow]warning:[/] {note}" if warn else f"note: {note}")
 
 
+def _check_budget(args: argparse.Namespace) -> None:
+    """int8 needs --data; --max-drop is a fraction in [0, 1] and needs --data."""
+    if args.max_drop is not None and not 0.0 <= args.max_drop <= 1.0:
+        raise _checks.invalid(
+            "--max-drop", "a fraction in [0, 1] (0.01: one point of accuracy or top-1 "
+            "agreement)", args.max_drop,
+        )  # fmt: skip
+    if args.data is None and (args.precision == "int8" or args.max_drop is not None):
+        why = "int8 calibrates on real inputs" if args.precision == "int8" else "--max-drop"
+        raise _checks.invalid(
+            "--data", f"a folder of real inputs ({why}: random inputs say nothing about the "
+            "model's real activations)", None,
+        )  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     console = Console()
     shape = parse_input(args.input)
+    _check_budget(args)
     outputs = {}
     if args.json is not None:
         outputs["json"] = _files.output_file("--json", args.json, ".json", force=args.force)
@@ -261,6 +323,7 @@ def run(args: argparse.Namespace) -> int:
             tolerance=args.tolerance,
             engine=args.engine,
             data=data,
+            max_drop=args.max_drop,
             progress=lambda message: status.update(f"optimizing: {message}"),
         )
     _print_report(console, args.model, shape, report)
@@ -272,14 +335,32 @@ def run(args: argparse.Namespace) -> int:
     tolerance = 1e-4 if args.tolerance is None else float(args.tolerance)
     # the IR computes as the kept OpenVINO candidate did; float32 otherwise
     ir_precision = report.precision if report.engine == "openvino" else "float32"
-    ir_tolerance = report.tolerance if ir_precision != "float32" else tolerance
+    ir_tolerance = tolerance
+    if ir_precision == "bfloat16":
+        kept = next(c for c in report.candidates if c.name == "openvino/bfloat16")
+        own = DEFAULT_TOLERANCES["bfloat16"] if args.tolerance is None else tolerance
+        ir_tolerance = min(0.99, max(own, 2 * (kept.max_rel_error or 0.0)))
     lines = []
     with console.status("writing the files"), _files.staged(list(outputs.values())) as temps:
         for kind, temp in zip(outputs, temps, strict=True):
             if kind == "json":
                 temp.write_text(report.to_json())
                 lines.append(f"wrote {outputs[kind].path} (the report as JSON)")
-            elif kind == "onnx":
+                continue
+            engine = "onnxruntime" if kind == "onnx" else "openvino"
+            quantised = _int8_module(report, engine, args.precision)
+            if quantised is not None:
+                _, verified = save_int8(quantised, temp, (x,))
+                what = "a QDQ ONNX model" if kind == "onnx" else "IR with FakeQuantize"
+                where = outputs[kind].path if kind == "onnx" else outputs[kind].path / IR_FILES[0]
+                lines.append(
+                    f"wrote {where} (int8: {what}, the model measured above); reloaded, it "
+                    f"differs from it by a relative {verified.max_rel:.2g}"
+                )
+                continue
+            if args.precision == "int8":
+                lines.append(f"no {engine} int8 candidate within the budget: float32 written")
+            if kind == "onnx":
                 _, verified = save_onnx(report.program, (x,), temp, original=model,
                                         tolerance=tolerance, call=report.call_spec,
                                         built=report.exports.get("onnx"))  # fmt: skip
@@ -303,3 +384,12 @@ def run(args: argparse.Namespace) -> int:
     for line in lines:
         console.print(line, highlight=False, soft_wrap=True)
     return 0
+
+
+def _int8_module(report: OptimizeReport, engine: str, precision: str) -> nn.Module | None:
+    """The measured int8 module of ``engine`` to write: when it was kept, or when int8 was
+    asked for (and it met the budget)."""
+    if (report.engine, report.precision) == (engine, "int8") or precision == "int8":
+        module = report.int8_modules.get(engine)
+        return module if isinstance(module, nn.Module) else None
+    return None

@@ -1,7 +1,7 @@
 """Whole-model ``optimize``: capture with ``torch.export``, the 1x1 algebra on the ATen
 graph, the engines users pick (torch, ONNX Runtime, OpenVINO), verification, artifacts."""
 
-from onebyone.deploy.artifacts import save_onnx, save_openvino
+from onebyone.deploy.artifacts import save_int8, save_onnx, save_openvino
 from onebyone.deploy.capture import Capture, capture
 from onebyone.deploy.optimize import (
     DEFAULT_TOLERANCES,
@@ -28,6 +28,7 @@ __all__ = [
     "fold_norms",
     "merge_pointwise",
     "optimize",
+    "save_int8",
     "save_onnx",
     "save_openvino",
 ]

@@ -1,9 +1,12 @@
 """Deployable files of an optimised model: ONNX, and OpenVINO's IR (``.xml`` + ``.bin``).
 
-Both are written atomically: into a temporary file or folder beside the target, then
-renamed, so a failure leaves nothing behind and an existing target is replaced only
-when the new one is complete. Serve them with an existing engine (ONNX Runtime,
-OpenVINO Model Server, Triton Inference Server).
+An int8 model is written from the quantised module ``optimize`` measured
+(``save_int8``): the QDQ ONNX model ONNX Runtime ran, or the IR NNCF made, reloaded
+plainly and checked to compute what was measured. All are written atomically: into a
+temporary file or folder beside the target, then renamed, so a failure leaves nothing
+behind and an existing target is replaced only when the new one is complete. Serve
+them with an existing engine (ONNX Runtime, OpenVINO Model Server, Triton Inference
+Server).
 """
 
 from __future__ import annotations
@@ -13,18 +16,26 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.export import ExportedProgram
 
-from onebyone import _files
+from onebyone import _checks, _files
 from onebyone.deploy.engines import onnxruntime as ort_engine
 from onebyone.deploy.engines import openvino as ov_engine
 from onebyone.deploy.example import output_scale
 from onebyone.deploy.signature import CallSpec
-from onebyone.transforms.verify import VerificationError, VerifyReport, check, compare, run_model
+from onebyone.transforms.verify import (
+    VerificationError,
+    VerifyReport,
+    check,
+    compare,
+    flatten_outputs,
+    run_model,
+)
 
-__all__ = ["VerificationError", "save_onnx", "save_openvino"]
+__all__ = ["VerificationError", "save_int8", "save_onnx", "save_openvino"]
 
 
 def _checked(
@@ -129,3 +140,55 @@ def save_openvino(
         target, lambda temp: ov.save_model(model, str(temp / "model.xml"), compress_to_fp16=False)
     )
     return target / "model.xml", verified
+
+
+def save_int8(
+    module: nn.Module, path: str | os.PathLike[str], inputs: tuple[torch.Tensor, ...]
+) -> tuple[Path, VerifyReport]:
+    """Write an int8 engine module of ``optimize`` (``report.int8_modules[engine]``) as the
+    quantised model it runs (a QDQ ``.onnx`` file at ``path``, or the int8 IR in the
+    folder ``path``), reload it plainly (``onnxruntime.InferenceSession``;
+    ``openvino.Core().compile_model(xml, "CPU")``) and check that it computes what
+    ``module`` computes on ``inputs`` (relative error at most ``1e-4``).
+
+    Returns:
+        ``(the written file: .onnx or model.xml, the reloaded model's errors)``.
+
+    Raises:
+        TypeError: ``module`` is no int8 module with a ``save``.
+        VerificationError: the reloaded model differs (the file is removed).
+    """
+    from onebyone.deploy.quantize.onnxruntime import OnnxRuntimeInt8Module
+    from onebyone.deploy.quantize.openvino import OpenVINOInt8Module
+
+    if not isinstance(module, (OnnxRuntimeInt8Module, OpenVINOInt8Module)):
+        raise _checks.invalid(
+            "module", "an int8 module of optimize (report.int8_modules)",
+            type(module).__name__, kind=TypeError,
+        )  # fmt: skip
+    written = module.save(path)
+    arrays = [t.detach().contiguous().numpy() for t in inputs]
+    if isinstance(module, OnnxRuntimeInt8Module):
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(written), providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+        raw = session.run(None, dict(zip(names, arrays, strict=True)))
+    else:
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(str(written), "CPU")
+        result = compiled(arrays)
+        raw = [result[port] for port in compiled.outputs]
+    reloaded = tuple(torch.from_numpy(np.asarray(a).copy()) for a in raw)
+    expected = tuple(t for _, t in flatten_outputs(module(*inputs)))
+    floor = 1e-7 * output_scale(expected)
+    report = compare(expected, reloaded, rtol=1e-4, atol=floor)
+    try:
+        check(report)
+    except VerificationError:
+        target = Path(written)
+        for file in (target, target.with_suffix(".bin")) if target.suffix == ".xml" else (target,):
+            file.unlink(missing_ok=True)
+        raise
+    return Path(written), report

@@ -3,11 +3,14 @@
 A model goes: ``torch.export`` with a dynamic batch (``capture``) -> norm folding
 and pointwise merging on the ATen graph (``passes``) -> each engine that is
 installed and computes the chosen precision natively here (``engines``: torch,
-ONNX Runtime, OpenVINO) -> every candidate checked against the original on the
-example and on a second input of another batch size -> the fastest candidate
-within the tolerance, timed side by side with the original model, which is kept
-when nothing beats it. A model ``torch.export`` cannot capture goes through the
-module-level transforms (``torch.fx``, else the eager model) on the torch engine.
+ONNX Runtime, OpenVINO; int8 through their quantisers, calibrated on the first
+batches of the user's data) -> every candidate checked against the original on the
+example, on a second input of another batch size and on the data -> the fastest
+candidate within the tolerance (float32) or the accuracy budget (``max_drop``, a
+lossy candidate on the held-out data), each timed on its own with the original
+model, which is kept when nothing beats it. A model ``torch.export`` cannot capture
+goes through the module-level transforms (``torch.fx``, else the eager model) on the
+torch engine.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import copy
 import resource
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,6 +35,10 @@ from onebyone.deploy.engines.registry import REGISTRY, Graph, names
 from onebyone.deploy.example import Check, Example, output_scale, run_reference
 from onebyone.deploy.passes import drop_whole_slices, fold_norms, merge_branches, merge_pointwise
 from onebyone.deploy.program import Program
+from onebyone.deploy.quantize import pt2e
+from onebyone.deploy.quantize.budget import DEFAULT_MAX_DROP, accuracy_report, check_max_drop
+from onebyone.deploy.quantize.cpu import int8_instructions
+from onebyone.deploy.quantize.data import Batch, calibration_count
 from onebyone.deploy.report import Candidate, OptimizeReport
 from onebyone.deploy.served import Served, freeze
 from onebyone.deploy.signature import dim_name
@@ -56,9 +64,23 @@ __all__ = [
 ENGINES: tuple[str, ...] = ("auto", *names())
 """``"auto"`` and the engines registered when ``onebyone.deploy`` is imported
 (``engines.registry.register`` adds more)."""
-PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
+PRECISIONS: tuple[str, ...] = ("float32", "bfloat16", "int8", "auto")
+"""What ``optimize(precision=...)`` takes: one precision, or ``"auto"`` (the fastest of
+float32, bfloat16 and, with data, int8, within the budget)."""
+LOSSY: tuple[str, ...] = ("bfloat16", "int8")
+"""Precisions whose error is a choice: held to ``max_drop`` on held-out data where given."""
 DEFAULT_TOLERANCES: dict[str, float] = {"float32": 1e-4, "bfloat16": 6e-2}
 """Relative error (``max |c - r| / max |r|``, per output) each precision is checked at."""
+
+_NOT_NATIVE: dict[tuple[str, str], Callable[[], str]] = {
+    ("onnxruntime", "bfloat16"): lambda: "ONNX Runtime's CPU kernels here have no native bfloat16",
+    ("torch", "bfloat16"): lambda: "oneDNN reports no bfloat16 on this CPU",
+    ("openvino", "bfloat16"): lambda: "OpenVINO's CPU plugin reports no bfloat16 on this CPU",
+    ("torch", "int8"): lambda: pt2e.available() or pt2e.SLOW,
+    ("openvino", "int8"): lambda: "nncf is not installed: pip install 'onebyone[openvino]'",
+    ("onnxruntime", "int8"): lambda: "onnxruntime.quantization does not import",
+}
+"""Why an engine does not compute a precision natively here, by ``(engine, precision)``."""
 
 Progress = Callable[[str], None]
 
@@ -74,6 +96,11 @@ def _available(engine: str) -> str | None:
 
 def _precisions(engine: str) -> tuple[str, ...]:
     return REGISTRY[engine].precisions()
+
+
+def _not_native(engine: str, precision: str) -> str:
+    why = _NOT_NATIVE.get((engine, precision))
+    return why() if why is not None else f"{precision} is not native to {engine} on this CPU"
 
 
 def _check_model_dtype(model: nn.Module, precision: str) -> None:
@@ -168,21 +195,38 @@ def _timing_notes(report: OptimizeReport) -> None:
         )
 
 
+@dataclass(frozen=True)
+class _Budget:
+    """What a lossy candidate is held to: ``max_drop`` on the held-out data batches."""
+
+    held_out: list[Check]
+    max_drop: float
+
+
 def _verify(
-    candidate: Candidate, module: nn.Module, checks: list[Check], tolerance: float
+    candidate: Candidate,
+    module: nn.Module,
+    checks: list[Check],
+    tolerance: float,
+    budget: _Budget | None = None,
 ) -> list[VerifyReport]:
     """Run ``module`` on every check input and compare with the reference outputs.
 
     An output passes when ``max |c - r| <= tolerance * max |r| + floor``, the floor
     being ``tolerance * 1e-3`` of the largest output of the check (it scales with
     the outputs: a model whose outputs are all ~1e-9 gets no free pass). The user's
-    data batches also give their own error, top-1 agreement and accuracy.
+    data batches also give their own error, top-1 agreement and accuracy. With a
+    ``budget`` (a lossy candidate), the candidate passes when its drop in accuracy
+    (with labels) or in top-1 agreement with the original, on the held-out batches,
+    is at most ``max_drop``; its errors are measured and reported all the same.
     """
     reports: list[VerifyReport] = []
+    outputs: dict[int, object] = {}
     agree = rows = data_agree = data_rows = correct = labelled = 0
     data_rel: list[float] = []
     for check in checks:
         output = run_model(module, check.inputs, f"optimised ({candidate.name})")
+        outputs[id(check)] = output
         floor = tolerance * 1e-3 * output_scale(check.reference)
         reports.append(compare(check.reference, output, rtol=tolerance, atol=floor))
         top1 = _top1(check.reference, output)
@@ -202,6 +246,28 @@ def _verify(
         candidate.data_max_rel_error = max(data_rel)
         candidate.data_top1_agreement = data_agree / data_rows if data_rows else None
         candidate.data_accuracy = correct / labelled if labelled else None
+    if budget is not None:
+        held = budget.held_out
+        labels = [c.labels for c in held]
+        accuracy = accuracy_report(
+            [c.reference for c in held], [outputs[id(c)] for c in held],
+            labels if all(y is not None for y in labels) else None, max_drop=budget.max_drop,
+        )  # fmt: skip
+        candidate.held_out_top1_agreement = accuracy.top1_agreement
+        candidate.held_out_accuracy = accuracy.accuracy_candidate
+        candidate.drop = accuracy.drop
+        if accuracy.within_budget:
+            candidate.ok = True
+        elif accuracy.drop is None:
+            candidate.why = (
+                "the budget cannot be checked: no classifier output (N, classes) on the data"
+            )
+        else:
+            candidate.why = (
+                f"{accuracy.metric} drop {accuracy.drop:.3g} on the held-out data beyond "
+                f"max_drop {budget.max_drop:g}"
+            )
+        return reports
     bad = next((r for r in reports if not r.ok), None)
     if bad is None:
         candidate.ok = True
@@ -237,6 +303,7 @@ def optimize(
     engine: str = "auto",
     dynamic: Sequence[Any] | None = None,
     data: Iterable[Any] | None = None,
+    max_drop: float | None = None,
     measure: bool = True,
     progress: Progress | None = None,
 ) -> tuple[nn.Module, OptimizeReport]:
@@ -251,8 +318,15 @@ def optimize(
             floating inputs, a batch of one or more). Cloned once; the caller's tensors
             are never written.
         precision: ``"float32"`` (exact within float32 rounding: relative error at most
-            ``1e-4``) or ``"bfloat16"`` (the engines' bfloat16 paths, where this CPU has
-            them; lossy by choice, its error is measured and reported).
+            ``1e-4``), ``"bfloat16"`` (the engines' bfloat16 paths, where this CPU has
+            them; lossy by choice, its error is measured and reported), ``"int8"``
+            (post-training static quantisation by each engine's quantiser, calibrated on
+            the first batches of ``data``, which it needs: NNCF on OpenVINO,
+            ``quantize_static`` on ONNX Runtime; held to ``max_drop`` on the other
+            batches) or ``"auto"`` (float32, bfloat16 where native and, with ``data``,
+            int8 on every engine: the fastest within the tolerance or the budget; the
+            float32 original always competes, so it is never slower than the exact
+            model).
         tolerance: the relative error (``max |c - r| / max |r|`` per output) a candidate
             must meet; default ``DEFAULT_TOLERANCES[precision]``. With
             ``precision="bfloat16"``, a tolerance also lets float32 candidates compete and
@@ -270,6 +344,15 @@ def optimize(
             size) or of ``(input, label)`` pairs. The report gives each candidate's
             error, top-1 agreement with the original and, with labels, accuracy on it
             (the original's too); a candidate beyond the tolerance on it is refused.
+            With int8 (and ``max_drop``), the first ``min(8, n // 2)`` of the ``n``
+            batches calibrate and the others are held out for the budget.
+        max_drop: the largest allowed drop, on the held-out data, in accuracy (with
+            labels) or in top-1 agreement with the float32 original (without), a
+            fraction in ``[0, 1]`` (default ``0.01``: one point). Int8, and every lossy
+            candidate of ``"auto"`` with data (bfloat16 too), is kept only within it;
+            given with ``precision="bfloat16"``, it replaces the tolerance for the
+            bfloat16 candidates. float32 candidates keep their tolerance. Needs
+            ``data``.
         measure: time the original and the result side by side (``auto`` always times
             its candidates).
         progress: called with a short message at each step (``onebyone optimize`` shows
@@ -287,11 +370,14 @@ def optimize(
     Raises:
         ValueError: ``model`` in training mode, an input the model rejects (the message
             names the shape it expects), an empty batch, an unknown precision or engine,
-            bfloat16 where no engine computes it natively here.
+            bfloat16 or int8 where no engine computes it natively here, int8 without
+            ``data`` or with a single batch, ``max_drop`` outside ``[0, 1]`` or without
+            ``data``.
         TypeError: wrong argument types, a non-float32 model or input.
         EngineUnavailableError: an explicit engine that is not installed (the message
             names the pip extra) or cannot run this model (the message says why).
-        VerificationError: an explicit engine whose result differs beyond the tolerance.
+        VerificationError: an explicit engine whose result differs beyond the tolerance
+            (or the budget).
 
     Shape:
         Unchanged: the result computes ``model``'s function.
@@ -311,11 +397,13 @@ def optimize(
     _checks.choice("precision", precision, PRECISIONS)
     _checks.choice("engine", engine, ("auto", *names()))
     tolerance = _check_tolerance(tolerance)
+    budget_drop = None if max_drop is None else check_max_drop(max_drop)
     if not isinstance(measure, bool):
         raise _checks.invalid("measure", "True or False", measure, kind=TypeError)
     if progress is not None and not callable(progress):
         raise _checks.invalid("progress", "None or a callable taking a message", progress,
                               kind=TypeError)  # fmt: skip
+    _check_data_for(precision, data, budget_drop)
     say = progress or (lambda message: None)
     _check_model_dtype(model, precision)
     example = Example.of(example_input, dynamic)
@@ -323,27 +411,44 @@ def optimize(
     engines = list(names()) if engine == "auto" else [engine]
     if engine != "auto" and (why := _available(engine)) is not None:
         raise EngineUnavailableError(f"engine={engine!r} cannot run here: {why}")
-    precisions = (
-        [precision] if tolerance is None or precision == "float32" else ["float32", precision]
-    )
-    if "bfloat16" in precisions:
-        _check_bfloat16(engines)
-    limit = DEFAULT_TOLERANCES[precision] if tolerance is None else tolerance
+    precisions = _precisions_to_build(precision, tolerance, data is not None)
+    for lossy in LOSSY:
+        if precision == lossy:
+            _check_native(lossy, engines)
+    limits = _limits(precision, tolerance)
+    # a lossy candidate is held to the budget where there is data to measure it on
+    budgeted = data is not None and (precision in ("int8", "auto") or budget_drop is not None)
+    drop = DEFAULT_MAX_DROP if budget_drop is None else budget_drop
 
     # the caller's model is never run: a copy serves the checks, the capture and the
     # calls the capture did not prove
     work = freeze(copy.deepcopy(model))
+    limit = limits["float32" if precision in ("int8", "auto") else precision]
     report = OptimizeReport(engine=engine, precision=precision, tolerance=limit)
     say("running the original model")
     run = run_reference(work, _expected_shape(model))
     example.build_checks(run, limit)
+    budget: _Budget | None = None
+    calibration: tuple[Batch, ...] = ()
     if data is not None:
         say("running the original model on the data")
         example.add_data(data, run)
         data_checks = [c for c in example.checks if c.is_data]
         report.data_batches = len(data_checks)
-        report.data_rows = sum(c.inputs[0].shape[0] if c.inputs[0].dim() else 1
-                               for c in data_checks)  # fmt: skip
+        report.data_rows = sum(_rows(c) for c in data_checks)
+        if budgeted:
+            n_cal = _calibration_split(data_checks)
+            calibration = tuple(Batch(c.inputs, c.labels) for c in data_checks[:n_cal])
+            budget = _Budget(data_checks[n_cal:], drop)
+            report.max_drop = drop
+            report.calibration_rows = sum(_rows(c) for c in data_checks[:n_cal])
+            report.held_out_rows = sum(_rows(c) for c in budget.held_out)
+            report.budget_metric = (
+                "accuracy" if all(c.labels is not None for c in budget.held_out)
+                else "top-1 agreement"
+            )  # fmt: skip
+    if precision == "auto" and data is None:
+        report.notes.append("int8 was not built: it needs data= to calibrate on")
     report.exercised = example.exercised
     report.notes += example.notes
 
@@ -365,7 +470,8 @@ def optimize(
                     f"export kept {dim_name(inputs[index].dim(), dim)} of input {index} "
                     "static: other sizes run the original model"
                 )
-        graph = Graph(exported, spec, inputs, _traced_inputs(exported, inputs))
+        graph = Graph(exported, spec, inputs, _traced_inputs(exported, inputs),
+                      calibration=calibration)  # fmt: skip
     else:
         say("torch.export failed: module-level transforms")
         folded, fold_report = fold_batchnorm(work, inputs, with_report=True)
@@ -373,12 +479,12 @@ def optimize(
         report.capture = "torch.fx" if fold_report.traced else "eager"
         report.passes = [fold_report, fuse_report]
         report.dynamic_batch = True
-        graph = Graph(None, None, inputs, inputs, module=fused)
+        graph = Graph(None, None, inputs, inputs, module=fused, calibration=calibration)
 
     candidates: dict[str, nn.Module] = {}
     verified: dict[str, list[VerifyReport]] = {}
 
-    def build(ps: list[str], limit: float) -> None:
+    def build(ps: list[str], limits: dict[str, float]) -> None:
         for name in engines:
             for p in ps:
                 candidate = Candidate(name, p)
@@ -386,36 +492,42 @@ def optimize(
                 module = _build(candidate, graph, work, cap.attempts, say)
                 if module is not None:
                     say(f"checking {candidate.name}")
+                    held = budget if p in LOSSY else None
                     try:
                         verified[candidate.name] = _verify(candidate, module, example.checks,
-                                                           limit)  # fmt: skip
+                                                           limits[p], held)  # fmt: skip
                     except (VerificationError, ValueError) as exc:
                         candidate.why = one_line(exc)
                 if candidate.ok and module is not None:
                     candidates[candidate.name] = module
                     _keep_export(report, candidate, module)
+                    if p == "int8":
+                        report.int8_modules[name] = _engine_module(module)
 
-    build(precisions, limit)
+    build(precisions, limits)
     if engine == "auto" and not candidates and "float32" not in precisions:
         # nothing lossy was asked for here: float32 candidates are held to float32's bound
-        report.notes.append(
-            f"no {precision} candidate met the tolerance {limit:g}: float32 candidates compete"
-        )
-        build(["float32"], min(limit, DEFAULT_TOLERANCES["float32"]))
+        bound = f"max_drop {drop:g}" if budget is not None else f"the tolerance {limit:g}"
+        report.notes.append(f"no {precision} candidate met {bound}: float32 candidates compete")
+        build(["float32"], {"float32": min(limit, DEFAULT_TOLERANCES["float32"])})
     if engine != "auto" and not candidates:
         reasons = "; ".join(f"{c.name}: {c.why}" for c in report.candidates)
         if not any(c.max_rel_error is not None for c in report.candidates):
             raise EngineUnavailableError(f"engine={engine!r} cannot run this model: {reasons}")
         raise VerificationError(
-            f"engine={engine!r} gives no result within the tolerance: {reasons}",
+            f"engine={engine!r} gives no result within the tolerance or budget: {reasons}",
             VerifyReport([], limit, 0.0),
         )
+    if any(c.precision == "int8" and c.max_rel_error is not None for c in report.candidates):
+        _int8_note(report)
 
     say("timing each candidate on its own")
     original = Candidate("original", "float32", max_rel_error=0.0, max_abs_error=0.0, ok=True)
     if data is not None:
-        _verify(original, work, [c for c in example.checks if c.is_data], limit)
+        _verify(original, work, [c for c in example.checks if c.is_data], limit, budget)
         report.data_accuracy_original = original.data_accuracy
+        report.held_out_accuracy_original = original.held_out_accuracy
+        original.ok, original.why = True, ""
     timed: dict[str, nn.Module] = dict(candidates)
     if engine == "auto" or measure:
         timed["original/float32"] = work
@@ -476,25 +588,83 @@ def _keep_export(report: OptimizeReport, candidate: Candidate, module: nn.Module
         report.exports["openvino"] = engine.ov_model  # type: ignore[union-attr]
 
 
-def _check_bfloat16(engines: list[str]) -> None:
-    """Refuse bfloat16 when none of ``engines`` computes it natively here, saying why."""
+def _check_native(precision: str, engines: list[str]) -> None:
+    """Refuse ``precision`` when none of ``engines`` computes it natively here, saying why."""
     installed = [e for e in engines if _available(e) is None]
-    if any("bfloat16" in _precisions(e) for e in installed):
+    if any(precision in _precisions(e) for e in installed):
         return
-    reasons = []
-    for e in engines:
-        if e not in installed:
-            reasons.append(f"{e} is not installed")
-        elif e == "onnxruntime":
-            reasons.append("ONNX Runtime's CPU kernels here have no native bfloat16")
-        elif e == "torch":
-            reasons.append("oneDNN reports no bfloat16 on this CPU")
-        else:
-            reasons.append("OpenVINO's CPU plugin reports no bfloat16 on this CPU")
+    reasons = [f"{e}: {_not_native(e, precision)}" if e in installed else f"{e} is not installed"
+               for e in engines]  # fmt: skip
     raise ValueError(
         "Invalid value for argument `precision`. Expected a precision the engine computes "
-        f"natively here ({'; '.join(reasons)}). Received precision='bfloat16'."
+        f"natively here ({'; '.join(reasons)}). Received precision={precision!r}."
     )
+
+
+def _check_data_for(precision: str, data: object, max_drop: float | None) -> None:
+    """int8 needs data to calibrate on; a budget needs data to measure the drop on."""
+    if precision == "int8" and data is None:
+        raise ValueError(
+            "Invalid value for argument `data`. Expected real inputs to calibrate int8 on "
+            "(random calibration says nothing about the ranges of real activations): an "
+            "iterable of input tensors or (input, label) pairs. Received data=None."
+        )
+    if max_drop is not None and data is None:
+        raise ValueError(
+            "Invalid value for argument `data`. Expected data to measure the accuracy drop "
+            f"on, with max_drop={max_drop:g}. Received data=None."
+        )
+
+
+def _precisions_to_build(precision: str, tolerance: float | None, data: bool) -> list[str]:
+    """The precisions ``precision`` builds (float32 competing where a tolerance asks)."""
+    if precision == "auto":
+        return ["float32", "bfloat16", "int8"] if data else ["float32", "bfloat16"]
+    if tolerance is None or precision == "float32":
+        return [precision]
+    return ["float32", precision]
+
+
+def _limits(precision: str, tolerance: float | None) -> dict[str, float]:
+    """The relative error each built precision is checked at: the tolerance given, the
+    asked precision's default for all (float32 or bfloat16), else each one's own."""
+    if tolerance is not None:
+        return dict.fromkeys(PRECISIONS, tolerance)
+    if precision in DEFAULT_TOLERANCES:
+        return dict.fromkeys(PRECISIONS, DEFAULT_TOLERANCES[precision])
+    own = dict.fromkeys(PRECISIONS, DEFAULT_TOLERANCES["bfloat16"])  # int8: the budget rules
+    return own | DEFAULT_TOLERANCES
+
+
+def _rows(check: Check) -> int:
+    first = check.inputs[0]
+    return int(first.shape[0]) if first.dim() else 1
+
+
+def _calibration_split(data_checks: list[Check]) -> int:
+    """How many of the data batches calibrate (the rest are held out for the budget)."""
+    if len(data_checks) < 2:
+        raise ValueError(
+            "Invalid value for argument `data`. Expected at least two batches for int8 or "
+            "max_drop (the first calibrate, the others measure the accuracy drop). "
+            f"Received {len(data_checks)}."
+        )
+    return calibration_count(len(data_checks))
+
+
+def _engine_module(module: nn.Module) -> nn.Module:
+    """The engine's own module inside ``Served``."""
+    return module.engine if isinstance(module, Served) else module
+
+
+def _int8_note(report: OptimizeReport) -> None:
+    """Say where int8 runs without integer dot-product instructions."""
+    found = int8_instructions()
+    if found is not None and not found:
+        report.notes.append(
+            "this CPU has no VNNI or AMX (integer dot-product instructions): int8 runs "
+            "emulated with wider multiply-adds, and may be slower than float32"
+        )
 
 
 def _build(
@@ -509,7 +679,7 @@ def _build(
     name, precision = candidate.engine, candidate.precision
     why = _available(name)
     if why is None and precision not in _precisions(name):
-        why = f"{precision} is not native to {name} on this CPU"
+        why = _not_native(name, precision)
     if why is not None:
         candidate.why = why
         return None
@@ -526,6 +696,8 @@ def _build(
         return None
     finally:
         candidate.build_s = time.perf_counter() - start
+    seconds = getattr(module, "calibration_s", None)
+    candidate.calibration_s = float(seconds) if isinstance(seconds, (int, float)) else None
     return module if graph.spec is None else Served(module, graph.spec, fallback)
 
 

@@ -20,7 +20,7 @@ class Candidate:
 
     Attributes:
         engine: ``"torch"``, ``"onnxruntime"``, ``"openvino"`` or ``"original"``.
-        precision: ``"float32"`` or ``"bfloat16"``.
+        precision: ``"float32"``, ``"bfloat16"`` or ``"int8"``.
         latency_ms: median latency on the example input (``None`` when not timed).
         latency: the whole timing (median, p10, p90, runs), timed on its own.
         max_rel_error: the largest norm-wise relative error over both checks.
@@ -31,7 +31,13 @@ class Candidate:
         data_max_rel_error, data_top1_agreement, data_accuracy: the same on the user's
             ``data`` only, and the share of rows whose arg-max is the label (when the
             data gives labels); ``None`` without data.
-        ok: built and within the tolerance on the example and the second input.
+        held_out_top1_agreement, held_out_accuracy: on the held-out part of the data
+            (the batches int8 did not calibrate on), for a candidate held to
+            ``max_drop``; ``drop``: how far its metric (accuracy with labels, else top-1
+            agreement) fell below the original's there.
+        calibration_s: seconds its quantiser spent calibrating (int8 only).
+        ok: built and within the tolerance on the example and the second input (a
+            lossy candidate with a budget: within ``max_drop`` on the held-out data).
         why: why it was not built or not kept (empty when ``ok``).
     """
 
@@ -48,6 +54,10 @@ class Candidate:
     data_top1_agreement: float | None = None
     data_accuracy: float | None = None
     latency: Timing | None = None
+    held_out_top1_agreement: float | None = None
+    held_out_accuracy: float | None = None
+    drop: float | None = None
+    calibration_s: float | None = None
 
     @property
     def name(self) -> str:
@@ -94,6 +104,14 @@ class OptimizeReport:
         data_batches, data_rows: how much of the user's ``data`` every candidate was
             checked on (0 without data); ``data_accuracy_original``: the original's
             accuracy on it (with labels).
+        max_drop: the budget lossy candidates were held to (``None``: none was);
+            ``budget_metric``: ``"accuracy"`` or ``"top-1 agreement"``;
+            ``calibration_rows`` / ``held_out_rows``: how the data was split;
+            ``held_out_accuracy_original``: the original's accuracy on the held-out
+            part (with labels).
+        int8_modules: the int8 engine modules within the budget, by engine (their
+            ``save`` writes the quantised model that was measured: a QDQ ``.onnx``,
+            an int8 IR).
     """
 
     engine: str
@@ -123,6 +141,12 @@ class OptimizeReport:
     latency_after: Timing | None = None
     load: Load | None = None
     throughput: dict[str, dict[int, float]] = field(default_factory=dict)
+    max_drop: float | None = None
+    budget_metric: str = ""
+    calibration_rows: int = 0
+    held_out_rows: int = 0
+    held_out_accuracy_original: float | None = None
+    int8_modules: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def verified(self) -> bool:
@@ -195,6 +219,11 @@ class OptimizeReport:
             "data_batches": self.data_batches,
             "data_rows": self.data_rows,
             "data_accuracy_original": self.data_accuracy_original,
+            "max_drop": self.max_drop,
+            "budget_metric": self.budget_metric,
+            "calibration_rows": self.calibration_rows,
+            "held_out_rows": self.held_out_rows,
+            "held_out_accuracy_original": self.held_out_accuracy_original,
             "prepare_s": self.prepare_s,
             "peak_rss_mb": self.peak_rss_mb,
             "notes": list(self.notes),
@@ -224,6 +253,8 @@ class OptimizeReport:
             if c.ok:
                 top1 = "" if c.top1_agreement is None else f", top-1 {c.top1_agreement:.1%}"
                 latency = "-" if c.latency_ms is None else f"{c.latency_ms:.2f} ms"
+                if c.latency is not None:
+                    latency = str(c.latency)
                 data = ""
                 if c.data_max_rel_error is not None:
                     data = f"; on the data: max rel error {c.data_max_rel_error:.2g}"
@@ -231,6 +262,10 @@ class OptimizeReport:
                         data += f", top-1 agreement {c.data_top1_agreement:.1%}"
                     if c.data_accuracy is not None:
                         data += f", accuracy {c.data_accuracy:.1%}"
+                if c.drop is not None:
+                    data += f"; held out: {self.budget_metric} drop {c.drop:.2%}"
+                if c.calibration_s is not None:
+                    data += f"; calibrated in {c.calibration_s:.1f} s"
                 lines.append(
                     f"  {c.name}: {latency}, max rel error {c.max_rel_error:.2g}{top1}{data}"
                 )
@@ -255,6 +290,11 @@ class OptimizeReport:
                 else f"; the original's accuracy {self.data_accuracy_original:.1%}"
             )
             lines.append(f"data: {self.data_rows} rows in {self.data_batches} batches{accuracy}")
+        if self.max_drop is not None:
+            lines.append(
+                f"budget: max_drop {self.max_drop:g} in {self.budget_metric} on "
+                f"{self.held_out_rows} held-out rows ({self.calibration_rows} calibrate)"
+            )
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 

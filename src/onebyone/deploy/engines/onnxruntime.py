@@ -2,12 +2,16 @@
 
 The exporter (PyTorch's own, from the exported program: the batch dimension
 stays symbolic) writes the ONNX graph; ONNX Runtime's CPU execution provider
-runs it with all its graph optimisations, on as many threads as PyTorch uses.
+runs it with all its graph optimisations, on as many threads as PyTorch uses. In
+int8 the same export goes through ``onnxruntime.quantization.quantize_static``
+(``onebyone.deploy.quantize.onnxruntime``: QDQ, per-channel weights, calibrated on
+``Graph.calibration``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import warnings
 from typing import Any
@@ -20,10 +24,19 @@ from onebyone.deploy.engines.base import FlatModule
 from onebyone.deploy.engines.registry import Graph, register
 from onebyone.deploy.signature import CallSpec, DynamicDim
 
-__all__ = ["OnnxRuntimeModule", "available", "export_onnx", "onnxruntime_module"]
+__all__ = ["OnnxRuntimeModule", "available", "export_onnx", "onnxruntime_module", "precisions"]
 
 PRECISIONS: tuple[str, ...] = ("float32",)
-"""What this engine computes in (ONNX Runtime's CPU kernels: float32)."""
+"""What this engine computes in without a quantiser (ONNX Runtime's CPU kernels: float32)."""
+
+
+def precisions() -> tuple[str, ...]:
+    """float32, and int8 where ONNX Runtime's quantisation tools are installed."""
+    try:
+        quantiser = importlib.util.find_spec("onnxruntime.quantization") is not None
+    except ImportError:  # onnxruntime itself is missing
+        quantiser = False
+    return (*PRECISIONS, "int8") if quantiser else PRECISIONS
 
 
 def available() -> str | None:
@@ -179,11 +192,22 @@ class OnnxRuntimeEngine:
         return available()
 
     def precisions(self) -> tuple[str, ...]:
-        return PRECISIONS
+        return precisions()
 
     def build(self, graph: Graph, precision: str) -> nn.Module:
         if graph.program is None or graph.spec is None:
             raise ValueError("needs a torch.export capture")
+        if precision == "int8":
+            from onebyone.deploy.quantize.onnxruntime import onnxruntime_int8_module
+
+            return onnxruntime_int8_module(
+                graph.program,
+                graph.traced,
+                calibration=graph.calibration,
+                spec=graph.flat(),
+                example=graph.inputs,
+                call=graph.spec,
+            )
         return onnxruntime_module(
             graph.program,
             graph.traced,

@@ -5,12 +5,16 @@ convolution and its epilogue), converted, and compiled (at the example's shapes,
 with the batch dynamic for other sizes) for the CPU with the
 precision always set explicitly (``INFERENCE_PRECISION_HINT``: OpenVINO's own
 default is bfloat16 on CPUs with native bfloat16), ``PERFORMANCE_HINT=LATENCY``
-and as many threads as PyTorch uses.
+and as many threads as PyTorch uses. In int8, NNCF (``nncf.quantize``, in
+``onebyone.deploy.quantize.openvino``) quantises the same conversion, calibrated on
+``Graph.calibration``.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import importlib.util
 import warnings
 from typing import Any
 
@@ -27,6 +31,7 @@ __all__ = [
     "OpenVINOModule",
     "available",
     "convert",
+    "float_precisions",
     "openvino_module",
     "precisions",
     "set_precision",
@@ -45,7 +50,14 @@ def available() -> str | None:
 
 
 def precisions() -> tuple[str, ...]:
-    """The precisions OpenVINO's CPU plugin computes natively here."""
+    """The precisions OpenVINO's CPU plugin computes natively here (int8 where NNCF is
+    installed)."""
+    return float_precisions() + (("int8",) if importlib.util.find_spec("nncf") else ())
+
+
+@functools.cache
+def float_precisions() -> tuple[str, ...]:
+    """The floating-point precisions OpenVINO's CPU plugin computes natively here."""
     import openvino as ov
 
     capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
@@ -196,7 +208,7 @@ def openvino_module(
     call: CallSpec,
 ) -> OpenVINOModule:
     """Convert and compile ``program`` for the CPU in ``precision``."""
-    if precision not in precisions():
+    if precision not in float_precisions():
         raise ValueError(f"OpenVINO's CPU plugin does not compute {precision} natively here")
     model = convert(program, call)
     set_precision(model, precision)
@@ -223,6 +235,12 @@ class OpenVINOEngine:
     def build(self, graph: Graph, precision: str) -> nn.Module:
         if graph.program is None or graph.spec is None:
             raise ValueError("needs a torch.export capture")
+        if precision == "int8":
+            from onebyone.deploy.quantize.openvino import openvino_int8_module
+
+            return openvino_int8_module(graph.program, graph.inputs,
+                                        calibration=graph.calibration, spec=graph.flat(),
+                                        call=graph.spec)  # fmt: skip
         return openvino_module(graph.program, graph.inputs, precision=precision,
                                spec=graph.flat(), call=graph.spec)  # fmt: skip
 

@@ -6,20 +6,25 @@ what to install), which precisions it computes natively on this CPU
 program, the calls it serves, the example). ``optimize`` builds every registered
 engine that is available and native in the asked precision, verifies, times and
 chooses among them; it wraps each module so that only the calls the capture proved
-reach it. The anchor is ONNX Runtime's ``quantization/registry.py``: a name maps to
+reach it. An engine with a quantiser lists ``"int8"`` among its precisions and builds
+it from the same ``Graph``, whose ``calibration`` holds the user's calibration batches.
+The anchor is ONNX Runtime's ``quantization/registry.py``: a name maps to
 one entry, and one factory reads the table (no ``if`` chains).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 from torch.export import ExportedProgram
 
 from onebyone.deploy.signature import CallSpec
+
+if TYPE_CHECKING:
+    from onebyone.deploy.quantize.data import Batch
 
 __all__ = ["REGISTRY", "Engine", "Graph", "names", "register"]
 
@@ -35,6 +40,8 @@ class Graph:
         inputs: the example's inputs (in ``spec``).
         traced: the inputs ``program`` was traced with.
         module: the module-level transformed model, where export failed.
+        calibration: the batches of the user's data an int8 build calibrates on
+            (empty without data: int8 is then not built).
     """
 
     program: ExportedProgram | None
@@ -42,6 +49,7 @@ class Graph:
     inputs: tuple[torch.Tensor, ...]
     traced: tuple[torch.Tensor, ...]
     module: nn.Module | None = None
+    calibration: tuple[Batch, ...] = ()
 
     def flat(self) -> dict[str, object]:
         """``FlatModule``'s arguments (the exported call's structure and dtypes)."""
@@ -70,7 +78,9 @@ class Engine(Protocol):
 
     def build(self, graph: Graph, precision: str) -> nn.Module:
         """A module computing ``graph``'s program in ``precision``, called with the
-        exported positional inputs; raises with the reason when it cannot."""
+        exported positional inputs; raises with the reason when it cannot. An int8
+        build calibrates on ``graph.calibration`` and gives its module a
+        ``calibration_s`` (seconds spent calibrating and quantising)."""
         ...
 
 

@@ -20,7 +20,7 @@ from onebyone import _checks
 from onebyone.deploy.capture import describe, one_line
 from onebyone.transforms.verify import run_model
 
-__all__ = ["Batch", "SplitData", "reference_outputs", "split_data"]
+__all__ = ["Batch", "SplitData", "calibration_count", "reference_outputs", "split_data"]
 
 CALIBRATION_BATCHES = 8
 """Batches used for calibration, at most (NNCF's and ONNX Runtime's examples use a few
@@ -203,8 +203,19 @@ def split_data(
             "Invalid value for argument `data`. Expected every batch with labels or none "
             "with labels. Received a mix."
         )
-    n_cal = len(batches) if held_out_batches == 0 else min(calibrate, max(1, len(batches) // 2))
+    n_cal = len(batches) if held_out_batches == 0 else calibration_count(len(batches), calibrate)
     return SplitData(calibration=batches[:n_cal], held_out=batches[n_cal:])
+
+
+def calibration_count(batches: int, most: int = CALIBRATION_BATCHES) -> int:
+    """How many of ``batches`` batches calibrate when the rest are held out: the first
+    ``min(most, max(1, batches // 2))``.
+
+    Example:
+        >>> calibration_count(3), calibration_count(17), calibration_count(40)
+        (1, 8, 8)
+    """
+    return min(most, max(1, batches // 2))
 
 
 def reference_outputs(model: nn.Module, batches: Sequence[Batch]) -> list[object]:

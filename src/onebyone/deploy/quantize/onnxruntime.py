@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from torch.export import ExportedProgram
 
+from onebyone import _files
 from onebyone.deploy.engines import onnxruntime as ort_engine
-from onebyone.deploy.quantize._files import write_file
 from onebyone.deploy.quantize.data import Batch
+from onebyone.deploy.signature import CallSpec
 
 __all__ = ["OnnxRuntimeInt8Module", "available", "onnxruntime_int8_module", "quantize_onnx"]
 
@@ -61,13 +62,14 @@ class OnnxRuntimeInt8Module(ort_engine.OnnxRuntimeModule):
         self.calibration_s = calibration_s
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the QDQ ONNX model at ``path``, atomically; ``onnxruntime.InferenceSession``
-        reads it back and computes what this module computes.
+        """Write the QDQ ONNX model at ``path`` by ``onebyone._files``' rule (all or
+        nothing); ``onnxruntime.InferenceSession`` reads it back and computes what this
+        module computes.
 
         Returns:
             ``path``.
         """
-        return write_file(Path(path), self.model_bytes)
+        return _files.write_bytes(path, self.model_bytes)
 
 
 class _Reader:
@@ -156,6 +158,7 @@ def onnxruntime_int8_module(
     calibration: Sequence[Batch],
     spec: dict[str, Any],
     example: tuple[torch.Tensor, ...] = (),
+    call: CallSpec | None = None,
 ) -> OnnxRuntimeInt8Module:
     """Export ``program`` (the ONNX Runtime engine's export, traced on ``inputs``), quantise
     it with ``quantize_static`` on the calibration batches and open a session on it, its
@@ -167,11 +170,12 @@ def onnxruntime_int8_module(
         calibration: the batches to calibrate on (``split_data``).
         spec: ``FlatModule``'s arguments (the call signature).
         example: the example input, whose batch size the first session fixes.
+        call: the calls the program serves (names its dynamic dimensions in the file).
 
     Shape:
         The original model's.
     """
-    plain = ort_engine.export_onnx(program, inputs)
+    plain = ort_engine.export_onnx(program, inputs, call)
     start = time.perf_counter()
     model_bytes = quantize_onnx(plain, calibration)
     seconds = time.perf_counter() - start

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from torch.export import ExportedProgram
 
-from onebyone import _checks
+from onebyone import _checks, _files
 from onebyone.deploy.engines import openvino as ov_engine
-from onebyone.deploy.quantize._files import write_folder
 from onebyone.deploy.quantize.budget import check_max_drop
 from onebyone.deploy.quantize.data import Batch
+from onebyone.deploy.signature import CallSpec
 
 __all__ = ["OpenVINOInt8Module", "available", "openvino_int8_module"]
 
@@ -64,20 +64,26 @@ class OpenVINOInt8Module(ov_engine.OpenVINOModule):
         self.calibration_s = calibration_s
 
     def save(self, folder: str | os.PathLike[str]) -> Path:
-        """Write the int8 IR (``model.xml`` + ``model.bin``) into ``folder``, atomically.
+        """Write the int8 IR (``model.xml`` + ``model.bin``) into ``folder`` by
+        ``onebyone._files``' rule (all or nothing).
 
-        ``openvino.Core().read_model`` reads it back; compiled for the CPU it computes
-        what this module computes.
+        ``openvino.Core().read_model`` reads it back; compiled for the CPU plainly
+        (``core.compile_model(xml, "CPU")``) it computes what this module computes: the
+        layers NNCF left in floating point are marked to keep this module's precision
+        (``engines.openvino.set_precision``).
 
         Returns:
             The path of ``model.xml``.
         """
         import openvino as ov
 
-        def fill(temp: Path) -> None:
-            ov.save_model(self.ov_model, str(temp / "model.xml"), compress_to_fp16=False)
+        model = self.ov_model.clone()  # the layers left in floating point keep its precision
+        ov_engine.set_precision(model, self.precision)
 
-        return write_folder(Path(folder), fill) / "model.xml"
+        def fill(temp: Path) -> None:
+            ov.save_model(model, str(temp / "model.xml"), compress_to_fp16=False)
+
+        return _files.write_folder(folder, fill, argument="folder") / "model.xml"
 
     def extra_repr(self) -> str:
         return f"int8 (NNCF), other layers {super().extra_repr()}"
@@ -150,6 +156,7 @@ def openvino_int8_module(
     references: Sequence[object] | None = None,
     float_precision: str = "float32",
     fast_bias_correction: bool = False,
+    call: CallSpec | None = None,
 ) -> OpenVINOInt8Module:
     """Convert ``program`` (the OpenVINO engine's conversion), quantise it with NNCF on the
     calibration batches and compile it for the CPU.
@@ -171,6 +178,8 @@ def openvino_int8_module(
         fast_bias_correction: NNCF's fast bias correction instead of its full one. The
             full one is slower to calibrate and, on the digits network, keeps test
             accuracy at float32's (98.0%) where the fast one lost 1.1 points.
+        call: the calls the program serves (the IR's input shapes: static dimensions
+            static, dynamic ones over their proven range).
 
     Raises:
         ValueError: no calibration batch, ``max_drop`` outside ``[0, 1]`` or without held-out
@@ -187,14 +196,14 @@ def openvino_int8_module(
             "Invalid value for argument `calibration`. Expected at least one batch of real "
             "inputs. Received none."
         )
-    _checks.choice("float_precision", float_precision, ov_engine.precisions())
+    _checks.choice("float_precision", float_precision, ov_engine.float_precisions())
     budget = None if max_drop is None else check_max_drop(max_drop)
     if budget is not None and not held_out:
         raise ValueError(
             "Invalid value for argument `max_drop`. Expected held-out batches to measure the "
             "drop on. Received a budget and no held-out data."
         )
-    model = ov_engine.convert(program)
+    model = ov_engine.convert(program, call)
     start = time.perf_counter()
     dataset = nncf.Dataset(list(calibration), _arrays)
     with _quiet():
