@@ -367,7 +367,7 @@ def test_bad_arguments_are_refused_with_the_argument_named(monkeypatch: pytest.M
     with pytest.raises(ValueError, match=r"`engine`"):
         optimize(model, x, engine="tensorrt")
     with pytest.raises(ValueError, match=r"`precision`"):
-        optimize(model, x, precision="int8")
+        optimize(model, x, precision="float16")
     with pytest.raises(ValueError, match=r"`tolerance`"):
         optimize(model, x, tolerance=0)
     with pytest.raises(TypeError, match=r"`tolerance`"):
