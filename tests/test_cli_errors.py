@@ -54,6 +54,22 @@ def test_errors_name_the_options_not_the_library_arguments(capsys):
     ) == ("Invalid value for argument `--input`. Received --input=3; max_tolerance=1 stays")
 
 
+def test_a_model_returning_none_names_the_model_argument(tmp_path: Path, monkeypatch, capsys):
+    (tmp_path / "obo_none_net.py").write_text(
+        "import torch\n\n"
+        "class Nothing(torch.nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        return None\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    argv = ["optimize", "obo_none_net:Nothing", "--input", "1x3x8x8", "--engine", "torch"]
+    assert main(argv) == 2
+    err = one_line_error(capsys, "optimize")
+    assert "Invalid value for argument `MODEL`. Expected a model that returns tensors" in err
+    assert "`model`" not in err and "example_input" not in err and "--input" not in err
+
+
 def test_a_user_module_in_the_current_folder_is_found(tmp_path: Path):
     (tmp_path / "obo_mynets.py").write_text(
         textwrap.dedent(

@@ -41,6 +41,7 @@ def one_line_error(capsys: pytest.CaptureFixture[str], command: str) -> str:
         ("r.txt", r"Expected a file name ending in \.json \(or no extension\)\. Received "
                   r"--json='.*r\.txt'"),
         ("missing/r.json", r"Expected a file in an existing folder \(.*missing does not exist\)"),
+        ("old.json/r.json", r"Expected a file in an existing folder \(.*old\.json is a file\)"),
         ("old.json", r"Expected a file that does not exist yet \(or --force to replace it\)\. "
                      r"Received --json='.*old\.json'"),
         ("old", r"Expected a file that does not exist yet"),  # old.json, once .json is added

@@ -1043,3 +1043,29 @@ def test_writing_onnx_reuses_what_optimize_exported(
     path, check = save_onnx(report.program, (x,), tmp_path / "m.onnx", original=model,  # type: ignore[operator]
                             call=report.call_spec, built=report.exports["onnx"])  # fmt: skip
     assert path.read_bytes() == report.exports["onnx"] and check.ok
+
+
+class _WithNone(nn.Module):
+    """Tensors beside a None: ONNX and OpenVINO graphs have no such output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None, dict[str, torch.Tensor]]:
+        y = self.conv(x)
+        return y, None, {"twice": 2 * y}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_none_output_beside_tensors_is_kept_by_every_engine(engine: str) -> None:
+    model = _WithNone().eval()
+    x = torch.randn(2, 3, 6, 6)
+    fast, report = optimize(model, x, engine=engine, measure=False)
+    assert report.engine == engine
+    for batch in (2, 5):
+        x = torch.randn(batch, 3, 6, 6)
+        y, nothing, named = fast(x)
+        assert nothing is None
+        torch.testing.assert_close(y, model(x)[0], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(named["twice"], 2 * model(x)[0], rtol=1e-4, atol=1e-5)

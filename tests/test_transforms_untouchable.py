@@ -218,12 +218,16 @@ def test_conversions_refuse_a_subclass_with_its_own_forward() -> None:
 @pytest.mark.filterwarnings("ignore:.*weight_norm.* is deprecated:FutureWarning")
 def test_conversions_refuse_hooks_and_normalised_weights() -> None:
     conv = nn.utils.weight_norm(nn.Conv2d(8, 4, 1))
-    with pytest.raises(ValueError, match=r"`module`.*under weight_norm"):
+    with pytest.raises(ValueError, match=r"`module`.*Received Conv2d: under weight_norm"):
         Conv1x1.from_conv2d(conv)
     hooked = nn.Conv2d(8, 4, 1)
     hooked.register_forward_hook(_hook)
-    with pytest.raises(ValueError, match=r"`conv`.*has a forward hook"):
+    with pytest.raises(ValueError, match=r"`conv`.*Received Conv2d: has a forward hook"):
         FusedConv1x1.from_module(hooked)
+    parametrized = nn.Conv2d(8, 4, 1)
+    nn.utils.parametrize.register_parametrization(parametrized, "weight", nn.Identity())
+    with pytest.raises(ValueError, match=r"Received ParametrizedConv2d: parametrized \(weight"):
+        Conv1x1.from_conv2d(parametrized)
 
 
 @pytest.mark.parametrize("wrap", [False, True], ids=["traced", "untraced"])

@@ -50,15 +50,12 @@ if TYPE_CHECKING:
     from onebyone.functional import BACKENDS, BackendUnavailableError, conv1x1, decompositions
     from onebyone.models import create_model, list_models
     from onebyone.profiling import MachinePeak, Profile, machine_peak, profile
-    from onebyone.transforms import (  # type: ignore[no-redef]
+    from onebyone.transforms import (
         PassReport,
-        VerificationError,
-        VerifyReport,
         fold_batchnorm,
         fuse_epilogues,
         merge_pointwise,
         to_channels_last,
-        verify,
     )
     from onebyone.transforms.compress import (
         CompressReport,
@@ -66,6 +63,7 @@ if TYPE_CHECKING:
         load_compressed,
         save_compressed,
     )
+    from onebyone.transforms.verify import VerificationError, VerifyReport, verify
     from onebyone.weights import LAYOUTS, convert_weight
 
 

@@ -106,8 +106,9 @@ class Output:
         what = "a folder" if self.folder else "a file"
         parent = _existing_ancestor(self.path.parent) if self.parents else self.path.parent
         if not parent.is_dir():
+            found = "is a file" if parent.exists() else "does not exist"
             raise _checks.invalid(
-                self.argument, f"{what} in an existing folder ({parent} does not exist)",
+                self.argument, f"{what} in an existing folder ({parent} {found})",
                 str(self.path),
             )  # fmt: skip
         if self.folder:

@@ -32,6 +32,7 @@ DEBUG_VARIABLE = "ONEBYONE_DEBUG"
 _EXPECTED = (ValueError, TypeError, OSError, RuntimeError, KeyError, ImportError)
 """Failures whose message says it all; any other type is named in the line."""
 OPTION_NAMES: dict[str, str] = {
+    "model": "MODEL",
     "example_input": "--input",
     "input_shape_or_example": "--input",
     "tolerance": "--tolerance",

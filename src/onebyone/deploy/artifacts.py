@@ -55,7 +55,12 @@ def _call(
     call: CallSpec | None,
 ) -> tuple[CallSpec, dict[str, Any]]:  # fmt: skip
     spec = call if call is not None else CallSpec.of(program, original, len(inputs))
-    flat = {"in_spec": spec.in_spec, "out_spec": spec.out_spec, "input_dtypes": spec.dtypes}
+    flat = {
+        "in_spec": spec.in_spec,
+        "out_spec": spec.out_spec,
+        "input_dtypes": spec.dtypes,
+        "output_constants": spec.constants,
+    }
     return spec, flat
 
 

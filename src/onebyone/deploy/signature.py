@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.export import ExportedProgram
-from torch.export.graph_signature import InputKind
+from torch.export.graph_signature import ConstantArgument, InputKind, OutputKind
 from torch.utils import _pytree as pytree
 
 __all__ = ["CallSpec", "DynamicDim", "dim_name"]
@@ -74,6 +74,8 @@ class CallSpec:
         dtypes: the dtype of each flat input.
         dims: each flat input's dimensions, a fixed size or a ``DynamicDim``.
         guards: export's guard function over the flat inputs (``None``: none).
+        constants: the outputs that are constants (``None`` among tensors), by their
+            position among the flat outputs: an exported file has no such outputs.
     """
 
     in_spec: pytree.TreeSpec
@@ -83,6 +85,7 @@ class CallSpec:
     dtypes: list[torch.dtype]
     dims: list[tuple[Dim, ...]]
     guards: Callable[..., Any] | None = field(default=None, repr=False)
+    constants: dict[int, Any] = field(default_factory=dict)
 
     @classmethod
     def of(cls, program: ExportedProgram, model: nn.Module, count: int) -> CallSpec:
@@ -127,6 +130,12 @@ class CallSpec:
             if len(positional) >= count:
                 names = tuple(positional[:count])
         guards = getattr(program.module(), "_guards_fn", None)
+        outputs = [
+            s for s in program.graph_signature.output_specs if s.kind == OutputKind.USER_OUTPUT
+        ]
+        constants = {
+            i: s.arg.value for i, s in enumerate(outputs) if isinstance(s.arg, ConstantArgument)
+        }
         return cls(
             in_spec=program.call_spec.in_spec,
             out_spec=program.call_spec.out_spec,
@@ -135,6 +144,7 @@ class CallSpec:
             dtypes=[v.dtype for v in values if isinstance(v, torch.Tensor)],
             dims=dims,
             guards=guards,
+            constants=constants,
         )
 
     # ------------------------------------------------------------------ calls

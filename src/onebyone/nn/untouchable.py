@@ -114,8 +114,7 @@ def check_convertible(argument: str, module: nn.Module, base: type[nn.Module]) -
     if reason is not None:
         raise ValueError(
             f"Invalid value for argument `{argument}`. Expected a {base.__name__} whose "
-            f"parameters say what it computes. Received {type(module).__name__}, which "
-            f"{reason}."
+            f"parameters say what it computes. Received {type(module).__name__}: {reason}."
         )
 
 

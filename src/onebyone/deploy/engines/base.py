@@ -27,15 +27,22 @@ class FlatModule(nn.Module):
         in_spec: the pytree spec of ``(args, kwargs)`` the program was exported with.
         out_spec: the pytree spec of its outputs.
         input_dtypes: the dtype each flat input must have.
+        output_constants: the flat outputs that are constants (``None`` beside tensors),
+            by position: ONNX and OpenVINO graphs leave them out, they are put back.
     """
 
     def __init__(
-        self, in_spec: pytree.TreeSpec, out_spec: pytree.TreeSpec, input_dtypes: list[torch.dtype]
+        self,
+        in_spec: pytree.TreeSpec,
+        out_spec: pytree.TreeSpec,
+        input_dtypes: list[torch.dtype],
+        output_constants: dict[int, Any] | None = None,
     ) -> None:
         super().__init__()
         self.in_spec = in_spec
         self.out_spec = out_spec
         self.input_dtypes = input_dtypes
+        self.output_constants = dict(output_constants or {})
 
     def run(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         """The engine's computation on flat CPU tensors."""
@@ -56,4 +63,10 @@ class FlatModule(nn.Module):
                     f"{dtype} at position {i}. Received {type(t).__name__} "
                     f"{getattr(t, 'dtype', '')}."
                 )
-        return pytree.tree_unflatten(self.run(flat), self.out_spec)
+        results: list[Any] = list(self.run(flat))
+        constants = self.output_constants
+        if constants and len(results) + len(constants) == self.out_spec.num_leaves:
+            tensors = iter(results)
+            results = [constants[i] if i in constants else next(tensors)
+                       for i in range(self.out_spec.num_leaves)]  # fmt: skip
+        return pytree.tree_unflatten(results, self.out_spec)

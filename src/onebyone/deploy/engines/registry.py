@@ -59,6 +59,7 @@ class Graph:
             "in_spec": self.spec.in_spec,
             "out_spec": self.spec.out_spec,
             "input_dtypes": self.spec.dtypes,
+            "output_constants": self.spec.constants,
         }
 
 
