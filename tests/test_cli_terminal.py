@@ -99,6 +99,25 @@ def test_the_demo_tables_fit_and_tell_the_models_apart(width):
 
 
 @pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("label", ["NiN", "no reduction"])
+def test_the_demo_training_bar_fits_and_cuts_no_number(width, label):
+    from rich.progress import Progress
+
+    from onebyone.commands import demo
+
+    console = Console(width=width, file=io.StringIO(), color_system=None)
+    progress = Progress(*demo._progress_columns(width), console=console)
+    task = progress.add_task(f"{label} epoch 30/30", total=23, loss=0.0123, train=0.999,
+                             test=" 98.9%")  # fmt: skip
+    progress.update(task, completed=23)
+    console.print(progress.make_tasks_table(progress.tasks))
+    text = console.file.getvalue()
+    assert_fits(text, width)
+    for number in ("0.012", "99.9%", "98.9%", "30/30"):
+        assert number in text, number
+
+
+@pytest.mark.parametrize("width", WIDTHS)
 def test_the_optimize_tables_fit_the_width(width):
     from onebyone.commands.optimize import _print_report
     from onebyone.deploy import Candidate, OptimizeReport

@@ -25,7 +25,14 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 import onebyone as obo
@@ -197,6 +204,21 @@ def _epoch_fields(stats: EpochStats) -> dict[str, Any]:
             "test": f"{stats.test_accuracy:6.1%}"}  # fmt: skip
 
 
+def _progress_columns(width: int) -> list[ProgressColumn]:
+    """The training bar's columns: fewer on a narrow terminal, so no number is cut."""
+    fields = (
+        "loss {task.fields[loss]:.3f}  train {task.fields[train]:6.1%}  test {task.fields[test]}"
+    )
+    if width >= 110:
+        return [TextColumn("[bold]{task.description}"), BarColumn(bar_width=24),
+                MofNCompleteColumn(), TextColumn(fields), TimeElapsedColumn()]  # fmt: skip
+    compact = TextColumn(fields.replace("  ", " ").replace(":6.1%", ":.1%"))
+    if width >= 76:
+        return [TextColumn("[bold]{task.description}"), MofNCompleteColumn(), compact,
+                TimeElapsedColumn()]  # fmt: skip
+    return [TextColumn("[bold]{task.description}"), compact]
+
+
 def _train(
     console: Console,
     *,
@@ -209,17 +231,7 @@ def _train(
 ) -> TrainingResult:
     """Train with one progress bar per epoch showing the loss and the accuracies
     (one bar over the epochs when ``processes`` train it data-parallel)."""
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(bar_width=24),
-        MofNCompleteColumn(),
-        TextColumn(
-            "loss {task.fields[loss]:.3f}  train {task.fields[train]:6.1%}  "
-            "test {task.fields[test]}"
-        ),
-        TimeElapsedColumn(),
-        console=console,
-    )
+    progress = Progress(*_progress_columns(console.width), console=console)
     if processes is not None:
         job = progress.add_task(
             f"{label} on {processes} processes, epochs",
