@@ -526,6 +526,32 @@ def test_a_lossy_candidate_without_a_classifier_output_cannot_meet_the_budget(
     torch.testing.assert_close(fast(batches[1]), model(batches[1]), rtol=1e-4, atol=1e-5)
 
 
+def test_float32_and_int8_share_one_onnx_export(monkeypatch: pytest.MonkeyPatch) -> None:
+    """...and int8 without VNNI or AMX still runs, with a note."""
+    import importlib
+
+    from onebyone.deploy import timing
+    from onebyone.deploy.engines import onnxruntime as ort_engine
+
+    _skip_unless("onnxruntime")
+    monkeypatch.setattr(timing, "WARMUP_S", 0.0)
+    monkeypatch.setattr(timing, "BLOCK_S", 0.02)
+    exports = []
+    real = ort_engine.export_onnx
+    monkeypatch.setattr(ort_engine, "export_onnx",
+                        lambda *args: exports.append(1) or real(*args))  # fmt: skip
+    optimize_module = importlib.import_module("onebyone.deploy.optimize")  # not the function
+    monkeypatch.setattr(optimize_module, "int8_instructions", lambda: ())  # no VNNI, no AMX
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16, 4)).eval()
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(4, 3, 4, 4, generator=g) for _ in range(4)]
+    _, report = obo.optimize(model, batches[0], precision="auto", engine="onnxruntime",
+                             data=batches, max_drop=1.0)  # fmt: skip
+    built = {c.precision for c in report.candidates if c.max_rel_error is not None}
+    assert built == {"float32", "int8"} and len(exports) == 1
+    assert any("no VNNI or AMX" in note for note in report.notes)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "kind", "match"),
     [

@@ -412,9 +412,8 @@ def optimize(
     if engine != "auto" and (why := _available(engine)) is not None:
         raise EngineUnavailableError(f"engine={engine!r} cannot run here: {why}")
     precisions = _precisions_to_build(precision, tolerance, data is not None)
-    for lossy in LOSSY:
-        if precision == lossy:
-            _check_native(lossy, engines)
+    if precision in LOSSY:
+        _check_native(precision, engines)
     limits = _limits(precision, tolerance)
     # a lossy candidate is held to the budget where there is data to measure it on
     budgeted = data is not None and (precision in ("int8", "auto") or budget_drop is not None)
@@ -437,16 +436,7 @@ def optimize(
         report.data_batches = len(data_checks)
         report.data_rows = sum(_rows(c) for c in data_checks)
         if budgeted:
-            n_cal = _calibration_split(data_checks)
-            calibration = tuple(Batch(c.inputs, c.labels) for c in data_checks[:n_cal])
-            budget = _Budget(data_checks[n_cal:], drop)
-            report.max_drop = drop
-            report.calibration_rows = sum(_rows(c) for c in data_checks[:n_cal])
-            report.held_out_rows = sum(_rows(c) for c in budget.held_out)
-            report.budget_metric = (
-                "accuracy" if all(c.labels is not None for c in budget.held_out)
-                else "top-1 agreement"
-            )  # fmt: skip
+            calibration, budget = _split_for_budget(report, data_checks, drop)
     if precision == "auto" and data is None:
         report.notes.append("int8 was not built: it needs data= to calibrate on")
     report.exercised = example.exercised
@@ -641,15 +631,26 @@ def _rows(check: Check) -> int:
     return int(first.shape[0]) if first.dim() else 1
 
 
-def _calibration_split(data_checks: list[Check]) -> int:
-    """How many of the data batches calibrate (the rest are held out for the budget)."""
+def _split_for_budget(
+    report: OptimizeReport, data_checks: list[Check], max_drop: float
+) -> tuple[tuple[Batch, ...], _Budget]:
+    """The first data batches calibrate (``calibration_count``), the others are held out
+    for the budget; the report says how many rows each."""
     if len(data_checks) < 2:
         raise ValueError(
             "Invalid value for argument `data`. Expected at least two batches for int8 or "
             "max_drop (the first calibrate, the others measure the accuracy drop). "
             f"Received {len(data_checks)}."
         )
-    return calibration_count(len(data_checks))
+    n_cal = calibration_count(len(data_checks))
+    calibration = tuple(Batch(c.inputs, c.labels) for c in data_checks[:n_cal])
+    budget = _Budget(data_checks[n_cal:], max_drop)
+    report.max_drop = max_drop
+    report.calibration_rows = sum(_rows(c) for c in data_checks[:n_cal])
+    report.held_out_rows = sum(_rows(c) for c in budget.held_out)
+    labelled = all(c.labels is not None for c in budget.held_out)
+    report.budget_metric = "accuracy" if labelled else "top-1 agreement"
+    return calibration, budget
 
 
 def _engine_module(module: nn.Module) -> nn.Module:

@@ -172,12 +172,15 @@ def onnxruntime_module(
     spec: dict[str, Any],
     call: CallSpec,
     example: tuple[torch.Tensor, ...] = (),
+    model_bytes: bytes | None = None,
 ) -> OnnxRuntimeModule:
-    """Export ``program`` (traced on ``inputs``) and open an ONNX Runtime session on it,
-    its batch fixed to ``example``'s when the batch is dynamic."""
+    """Export ``program`` (traced on ``inputs``; ``model_bytes``: exported already) and
+    open an ONNX Runtime session on it, its batch fixed to ``example``'s when the batch
+    is dynamic."""
     if precision not in PRECISIONS:
         raise ValueError(f"ONNX Runtime's CPU kernels here have no native {precision}")
-    model_bytes = export_onnx(program, inputs, call)
+    if model_bytes is None:
+        model_bytes = export_onnx(program, inputs, call)
     dynamic = call.dynamic_batch and example and example[0].dim() >= 1
     batch = example[0].shape[0] if dynamic else None
     return OnnxRuntimeModule(model_bytes, threads=torch.get_num_threads(), batch=batch, **spec)
@@ -197,24 +200,28 @@ class OnnxRuntimeEngine:
     def build(self, graph: Graph, precision: str) -> nn.Module:
         if graph.program is None or graph.spec is None:
             raise ValueError("needs a torch.export capture")
+        program, call = graph.program, graph.spec
+        exported = graph.memo("onnx", lambda: export_onnx(program, graph.traced, call))
         if precision == "int8":
             from onebyone.deploy.quantize.onnxruntime import onnxruntime_int8_module
 
             return onnxruntime_int8_module(
-                graph.program,
+                program,
                 graph.traced,
                 calibration=graph.calibration,
                 spec=graph.flat(),
                 example=graph.inputs,
-                call=graph.spec,
+                call=call,
+                model_bytes=exported,
             )
         return onnxruntime_module(
-            graph.program,
+            program,
             graph.traced,
             precision=precision,
             spec=graph.flat(),
-            call=graph.spec,
+            call=call,
             example=graph.inputs,
+            model_bytes=exported,
         )
 
 

@@ -206,11 +206,14 @@ def openvino_module(
     precision: str,
     spec: dict[str, Any],
     call: CallSpec,
+    model: Any = None,
 ) -> OpenVINOModule:
-    """Convert and compile ``program`` for the CPU in ``precision``."""
+    """Convert (``model``: converted already, a copy this module may own) and compile
+    ``program`` for the CPU in ``precision``."""
     if precision not in float_precisions():
         raise ValueError(f"OpenVINO's CPU plugin does not compute {precision} natively here")
-    model = convert(program, call)
+    if model is None:
+        model = convert(program, call)
     set_precision(model, precision)
     return OpenVINOModule(
         model,
@@ -235,14 +238,17 @@ class OpenVINOEngine:
     def build(self, graph: Graph, precision: str) -> nn.Module:
         if graph.program is None or graph.spec is None:
             raise ValueError("needs a torch.export capture")
+        program, call = graph.program, graph.spec
+        # one conversion per graph; each precision compiles (and marks) its own copy
+        converted = graph.memo("openvino", lambda: convert(program, call)).clone()
         if precision == "int8":
             from onebyone.deploy.quantize.openvino import openvino_int8_module
 
-            return openvino_int8_module(graph.program, graph.inputs,
-                                        calibration=graph.calibration, spec=graph.flat(),
-                                        call=graph.spec)  # fmt: skip
-        return openvino_module(graph.program, graph.inputs, precision=precision,
-                               spec=graph.flat(), call=graph.spec)  # fmt: skip
+            return openvino_int8_module(program, graph.inputs, calibration=graph.calibration,
+                                        spec=graph.flat(), call=call,
+                                        model=converted)  # fmt: skip
+        return openvino_module(program, graph.inputs, precision=precision, spec=graph.flat(),
+                               call=call, model=converted)  # fmt: skip
 
 
 ENGINE = register(OpenVINOEngine())

@@ -14,8 +14,9 @@ one entry, and one factory reads the table (no ``if`` chains).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 from torch import nn
@@ -25,6 +26,8 @@ from onebyone.deploy.signature import CallSpec
 
 if TYPE_CHECKING:
     from onebyone.deploy.quantize.data import Batch
+
+T = TypeVar("T")
 
 __all__ = ["REGISTRY", "Engine", "Graph", "names", "register"]
 
@@ -50,6 +53,14 @@ class Graph:
     traced: tuple[torch.Tensor, ...]
     module: nn.Module | None = None
     calibration: tuple[Batch, ...] = ()
+    _memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def memo(self, key: str, make: Callable[[], T]) -> T:
+        """``make()``, made once per graph: what an engine's precisions share (the ONNX
+        export, the OpenVINO conversion), so ``auto`` does not export three times."""
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
 
     def flat(self) -> dict[str, object]:
         """``FlatModule``'s arguments (the exported call's structure and dtypes)."""

@@ -159,6 +159,7 @@ def onnxruntime_int8_module(
     spec: dict[str, Any],
     example: tuple[torch.Tensor, ...] = (),
     call: CallSpec | None = None,
+    model_bytes: bytes | None = None,
 ) -> OnnxRuntimeInt8Module:
     """Export ``program`` (the ONNX Runtime engine's export, traced on ``inputs``), quantise
     it with ``quantize_static`` on the calibration batches and open a session on it, its
@@ -171,11 +172,12 @@ def onnxruntime_int8_module(
         spec: ``FlatModule``'s arguments (the call signature).
         example: the example input, whose batch size the first session fixes.
         call: the calls the program serves (names its dynamic dimensions in the file).
+        model_bytes: the float32 export of ``program``, when made already.
 
     Shape:
         The original model's.
     """
-    plain = ort_engine.export_onnx(program, inputs, call)
+    plain = ort_engine.export_onnx(program, inputs, call) if model_bytes is None else model_bytes
     start = time.perf_counter()
     model_bytes = quantize_onnx(plain, calibration)
     seconds = time.perf_counter() - start

@@ -157,6 +157,7 @@ def openvino_int8_module(
     float_precision: str = "float32",
     fast_bias_correction: bool = False,
     call: CallSpec | None = None,
+    model: Any = None,
 ) -> OpenVINOInt8Module:
     """Convert ``program`` (the OpenVINO engine's conversion), quantise it with NNCF on the
     calibration batches and compile it for the CPU.
@@ -180,6 +181,8 @@ def openvino_int8_module(
             accuracy at float32's (98.0%) where the fast one lost 1.1 points.
         call: the calls the program serves (the IR's input shapes: static dimensions
             static, dynamic ones over their proven range).
+        model: the engine's conversion of ``program``, when made already (a copy
+            nothing else uses: NNCF may change it).
 
     Raises:
         ValueError: no calibration batch, ``max_drop`` outside ``[0, 1]`` or without held-out
@@ -203,7 +206,8 @@ def openvino_int8_module(
             "Invalid value for argument `max_drop`. Expected held-out batches to measure the "
             "drop on. Received a budget and no held-out data."
         )
-    model = ov_engine.convert(program, call)
+    if model is None:
+        model = ov_engine.convert(program, call)
     start = time.perf_counter()
     dataset = nncf.Dataset(list(calibration), _arrays)
     with _quiet():
