@@ -25,10 +25,11 @@ graph runs eagerly, and that is slow: each ``quantize_per_tensor`` between the i
 kernels runs as five separate ATen ops (mul, round, add, clamp, copy) that Inductor
 would have fused, and ``torch.compile`` of the lowered graph fails too (with or without
 freezing: ``AssertionError`` in ``mkldnn_lowerings.qlinear_unary``, the packed weight
-not being a graph constant). Measured on MobileNetV2 at batch 1: 292 ms against 28 ms
-for OpenVINO float32 (``benchmarks/bench_int8.py``). The builder is correct (its
-accuracy is measured like the others') but no speed candidate on this PyTorch;
-``SLOW`` says so.
+not being a graph constant). Measured on MobileNetV2 at batch 1 on a loaded machine:
+359 ms against 32 ms for OpenVINO float32 (``benchmarks/bench_int8.py``). The builder
+is correct (its accuracy is measured like the others') but no speed candidate on this
+PyTorch; ``SLOW`` says so. On the built-in ResNet-50 ``prepare_pt2e`` fails with
+torchao 0.18 (``ValueError: Input partition has more than one output node``).
 """
 
 from __future__ import annotations
