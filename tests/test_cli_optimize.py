@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import stat
+import sys
+import types
 from pathlib import Path
 
 import onnx
@@ -179,3 +181,33 @@ def test_bad_data_is_one_line_exit_2_and_nothing_written(
         err = capsys.readouterr().err
         assert "`--data`" in err and message in err and len(err.strip().splitlines()) == 1
         assert not json_out.exists()
+
+
+class _Counting(torch.nn.Module):
+    """A forward that updates its buffers: a step counter and an observer's running max."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 1)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("running_max", torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.steps += 1
+        self.running_max.copy_(torch.maximum(self.running_max, x.abs().max()))
+        return self.conv(x)
+
+
+def test_the_factorys_model_is_never_run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shared = _Counting().eval()  # a factory may hand out a model it keeps
+    module = types.ModuleType("obo_counting_factory")
+    module.make = lambda: shared  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "obo_counting_factory", module)
+    before = {k: v.clone() for k, v in shared.state_dict().items()}
+    argv = ["optimize", "obo_counting_factory:make", "--input", "2x3x8x8", "--engine", "torch"]
+    assert main(argv) == 0
+    assert "kept torch" in capsys.readouterr().out
+    for key, value in shared.state_dict().items():
+        assert torch.equal(value, before[key]), key

@@ -15,6 +15,7 @@ model, the int8 IR, reloaded and checked before they are put in place.
 from __future__ import annotations
 
 import argparse
+import copy
 
 import torch
 from rich.console import Console
@@ -304,9 +305,10 @@ def run(args: argparse.Namespace) -> int:
     model.eval()
     data = None if args.data is None else load_folder("--data", args.data, model, shape)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed))
-    try:  # one run first: an input the model rejects is bad input, said in its terms
+    try:  # one run first (of a copy: a forward may update buffers): an input the model
+        # rejects is bad input, said in its terms
         with torch.inference_mode():
-            model(x.clone())
+            copy.deepcopy(model)(x.clone())
     except REJECTIONS as exc:
         raise rejected_input(args.model, model, shape, exc) from None
     with console.status("optimizing") as status:

@@ -116,9 +116,12 @@ def save_openvino(
     ``original``'s on ``inputs`` within ``tolerance``.
 
     The IR carries its precision in its runtime options
-    (``runtime_options/INFERENCE_PRECISION_HINT``), so a plain
-    ``core.compile_model(xml, "CPU")`` computes as checked here (OpenVINO's own default
-    is bfloat16 on CPUs that have it); its inputs declare the shapes the capture
+    (``runtime_options/INFERENCE_PRECISION_HINT``), but OpenVINO's CPU plugin does not
+    read them: on a CPU with native bfloat16 a plain ``core.compile_model(xml, "CPU")``
+    still runs some operations of a float32 IR in bfloat16 (its default there), so
+    compile it with ``{"INFERENCE_PRECISION_HINT": "f32"}`` to compute as checked here
+    (a bfloat16 IR runs as checked when compiled plainly); its inputs declare the shapes
+    the capture
     proved (``call``). ``built``: the ``openvino.Model`` ``optimize`` already converted
     (``report.exports["openvino"]``), saved instead of converting again (still run and
     checked first).

@@ -90,14 +90,16 @@ def _dimension(dim: int | DynamicDim) -> Any:
 
 
 def set_precision(model: Any, precision: str) -> None:
-    """Make ``model``'s saved IR compute in ``precision`` when compiled plainly
-    (``core.compile_model(xml, "CPU")``).
+    """Record ``precision`` in ``model``'s saved IR.
 
     The precision goes into the model's runtime options
     (``runtime_options/INFERENCE_PRECISION_HINT``, read by tools that honour them);
     for float32, every operation is also marked precise (``precise_0``, the attribute
-    OpenVINO's own precision-sensitive passes set), which the CPU plugin keeps in
-    float32 where its default would be bfloat16.
+    OpenVINO's own precision-sensitive passes set). A plain
+    ``core.compile_model(xml, "CPU")`` still runs some operations of a float32 IR in
+    bfloat16 on a CPU with native bfloat16 (the CPU plugin's default there, which
+    neither record overrides for every operation): compile it with
+    ``{"INFERENCE_PRECISION_HINT": "f32"}``.
     """
     model.set_rt_info(_HINTS[precision], ["runtime_options", "INFERENCE_PRECISION_HINT"])
     if precision == "float32":
