@@ -5,9 +5,9 @@ turned into ``nn.Conv2d``, so every provider starts from the model a torchvision
 user has) and timm architectures (``pretrained=False``), all with random norm
 statistics, in eval mode, at 224x224, batch 1 and 8, ``torch.set_num_threads(2)``.
 
-Providers, each prepared the way its users prepare it and timed interleaved call
-in blocks (a shuffled order each round; each block's first call is not timed, so
-no provider pays for the threads the previous engine leaves spinning):
+Providers, each prepared the way its users prepare it and timed on its own in a
+long block (``--block-s`` seconds after ``--warmup-s`` of untimed calls, a shuffled
+order each run; no other engine's threads are spinning while one is timed):
 
 - ``eager``: the model as built;
 - ``onnxruntime``: ``torch.onnx.export(model, (x,), dynamo=True)`` and an
@@ -23,15 +23,23 @@ no provider pays for the threads the previous engine leaves spinning):
 - ``onebyone bfloat16``: ``onebyone.optimize(model, x, precision="bfloat16")``, where
   this CPU has native bfloat16.
 
-Reported per provider: median latency over ``--repeat`` measurement runs (and their
-spread), preparation time, the largest error against eager (relative to the
-output's scale), top-1 agreement with eager, and the growth of the process's
-resident memory while preparing. A separate section measures ``optimize``'s
+Reported per provider: median latency over ``--repeat`` measurement runs, each
+run's median, p10, p90 and number of calls, preparation time, the largest error
+against eager (relative to the output's scale), top-1 agreement with eager, and the
+growth of the process's resident memory while preparing. Per case also: each
+candidate's latency and spread as ``optimize``'s report gives them; the kept module
+re-timed in a fresh process (``optimize`` run there, its returned module timed
+plainly in a long block, ``ratio`` = plain / reported); and ``optimize`` again with
+every core kept busy by ``os.cpu_count()`` busy-loop processes, whose speed-up must
+stay within 25% of the quiet one or come with the busy-machine / wide-spread
+warning (``outcome`` records which). A separate section measures ``optimize``'s
 preparation time with one explicit engine and its peak memory on ResNet-50, each
-in a fresh process.
+in a fresh process. The load average before and after is stored.
 
-Run: ``python benchmarks/bench_models.py`` (``--quick``: two models at batch 1, one
-measurement run). Results: ``benchmarks/results/models.json``.
+Run: ``python benchmarks/bench_models.py --full`` (the three built-in and six timm
+models, batch 1 and 8, three runs; results in ``benchmarks/results/models.json``)
+or ``--quick`` (MobileNetV2 and timm's MobileNetV3, batch 1, one run:
+``benchmarks/results/models_quick.json``).
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ import contextlib
 import copy
 import io
 import json
+import multiprocessing
+import os
 import random
 import statistics
 import subprocess
@@ -65,6 +75,7 @@ import onebyone as obo
 from common import environment, write_json
 from onebyone.deploy.engines import openvino as ov_engine
 from onebyone.deploy.engines import torch as torch_engine
+from onebyone.deploy.timing import Timing, machine_load, time_alone
 from onebyone.models.external import load_external
 from onebyone.nn import Conv1x1
 from onebyone.transforms.verify import compare
@@ -81,6 +92,8 @@ TIMM = (
 COMPILE_SUBSET = ("resnet50", "mobilenet_v2", "efficientnet_b0")
 FLOAT32_PEERS = ("onnxruntime", "openvino f32", "compile+freezing")
 THREADS = 2
+BLOCK_S = 3.0
+"""Seconds of each provider's timed block (after ``--warmup-s`` of untimed calls)."""
 
 
 def random_norms(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -122,7 +135,7 @@ class Provider:
     prepare_s: float
     memory_mb: float
     note: str = ""
-    times: list[list[float]] = field(default_factory=list)
+    times: list[Timing] = field(default_factory=list)
 
 
 def _rss_mb() -> float:
@@ -188,7 +201,7 @@ def providers_for(
 
     def onebyone(precision: str) -> Callable[[], tuple[Callable[[], Any], str]]:
         def build() -> tuple[Callable[[], Any], str]:
-            fast, report = obo.optimize(model, x, precision=precision, measure=False)
+            fast, report = obo.optimize(model, x, precision=precision)
             reports[precision] = report
             return lambda: fast(x), f"{report.engine}/{report.precision}"
 
@@ -216,31 +229,18 @@ def providers_for(
     return built, failed, reports
 
 
-def measure(providers: list[Provider], rounds: int, block: int, warmup: int) -> None:
+def measure(providers: list[Provider], block_s: float, warmup_s: float) -> None:
     """One measurement run, appended to each provider's ``times``.
 
-    Each of ``rounds`` rounds runs every provider in a shuffled order, as a block of
-    ``block`` timed calls after one that is not timed: an engine leaves its threads
-    spinning for a few milliseconds after a call (ONNX Runtime's, OpenVINO's,
-    OpenMP's), and only the first call of the next provider would pay for them.
+    Each provider is timed on its own, in a shuffled order, as ``benchmark_app`` runs
+    one model at a time: untimed calls for ``warmup_s`` (the previous engine's
+    spinning threads settle, this one's caches warm), then a timed block of
+    ``block_s`` (``onebyone.deploy.timing.time_alone``: median, p10, p90, runs).
     """
     order = list(providers)
-    rng = random.Random(len(providers[0].times))
-    run_times: dict[str, list[float]] = {p.name: [] for p in providers}
-    with torch.inference_mode():
-        for p in providers:
-            for _ in range(warmup):
-                p.run()
-        for _ in range(rounds):
-            rng.shuffle(order)
-            for p in order:
-                p.run()  # not timed
-                for _ in range(block):
-                    t = time.perf_counter()
-                    p.run()
-                    run_times[p.name].append(time.perf_counter() - t)
-    for p in providers:
-        p.times.append(run_times[p.name])
+    random.Random(len(providers[0].times)).shuffle(order)
+    for p in order:
+        p.times.append(time_alone(p.run, warmup_s=warmup_s, block_s=block_s))
 
 
 def _output(value: Any) -> torch.Tensor:
@@ -270,14 +270,16 @@ def run_case(name: str, batch: int, args: argparse.Namespace, console: Console) 
             top1[p.name] = float((out.argmax(1) == reference.argmax(1)).float().mean())
     for run in range(args.repeat):
         console.print(f"  measurement run {run + 1}/{args.repeat}")
-        measure(providers, args.rounds, args.block, args.warmup)
+        measure(providers, args.block_s, args.warmup_s)
     rows = []
     for p in providers:
-        medians = [statistics.median(ts) * 1e3 for ts in p.times]
+        medians = [t.median_ms for t in p.times]
         rows.append({
             "provider": p.name,
             "median_ms": statistics.median(medians),
             "run_medians_ms": medians,
+            "runs": [{"median_ms": t.median_ms, "p10_ms": t.p10_ms, "p90_ms": t.p90_ms,
+                      "calls": t.runs} for t in p.times],
             "prepare_s": p.prepare_s,
             "prepare_rss_mb": p.memory_mb,
             "max_rel_error": errors[p.name],
@@ -306,16 +308,113 @@ def run_case(name: str, batch: int, args: argparse.Namespace, console: Console) 
             / by["onebyone bfloat16"]["median_ms"],
             "error": by["onebyone bfloat16"]["max_rel_error"],
         }
+    for precision, r in reports.items():
+        result[f"onebyone_report_{precision}"] = _report_summary(r)
     if "float32" in reports:
-        r = reports["float32"]
-        result["onebyone_report"] = {
-            "engine": r.engine,
-            "capture": r.capture,
-            "passes": r.pass_counts(),
-            "candidates": {c.name: c.latency_ms for c in r.candidates},
-            "prepare_s": r.prepare_s,
-        }
+        result["fresh_process"] = fresh_process(name, batch, reports["float32"], console)
+        result["busy"] = busy_run(name, batch, reports["float32"], console)
     return result
+
+
+def _report_summary(r: Any) -> dict[str, Any]:
+    """What ``optimize``'s report says: each candidate's latency with its spread."""
+    return {
+        "engine": r.engine,
+        "precision": r.precision,
+        "capture": r.capture,
+        "passes": r.pass_counts(),
+        "candidates": {
+            c.name: None if c.latency is None else {
+                "median_ms": c.latency.median_ms, "p10_ms": c.latency.p10_ms,
+                "p90_ms": c.latency.p90_ms, "runs": c.latency.runs,
+            }
+            for c in r.candidates
+        },
+        "speedup": r.speedup,
+        "speedup_range": r.speedup_range,
+        "load": None if r.load is None else str(r.load),
+        "notes": list(r.notes),
+        "prepare_s": r.prepare_s,
+    }  # fmt: skip
+
+
+_FRESH_SCRIPT = """
+import json, sys, time, torch, warnings
+warnings.filterwarnings("ignore")
+sys.path.insert(0, {bench!r})
+torch.set_num_threads({threads})
+from bench_models import build_model
+import onebyone as obo
+from onebyone.deploy.timing import time_alone
+torch.manual_seed(0)
+model = build_model({name!r})
+x = torch.randn({batch}, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+fast, report = obo.optimize(model, x)
+# the returned module used plainly, as a user would right after optimize returns
+plain = time_alone(lambda: fast(x), warmup_s=1.0, block_s={block_s})
+print(json.dumps({{"kept": report.engine + "/" + report.precision,
+                   "report_ms": report.latency_after_ms,
+                   "plain_ms": plain.median_ms, "plain_p10_ms": plain.p10_ms,
+                   "plain_p90_ms": plain.p90_ms, "plain_runs": plain.runs}}))
+"""
+
+
+def _child(script: str) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=1800)  # fmt: skip
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def fresh_process(name: str, batch: int, report: Any, console: Console) -> dict[str, Any]:
+    """``optimize`` in a fresh process, its returned module timed plainly in a long
+    block against the latency its report gave (``ratio`` > 1: slower than reported)."""
+    script = _FRESH_SCRIPT.format(bench=str(Path(__file__).resolve().parent), threads=THREADS,
+                                  name=name, batch=batch, block_s=BLOCK_S)  # fmt: skip
+    row = _child(script)
+    if "plain_ms" in row:
+        row["ratio"] = row["plain_ms"] / row["report_ms"]
+        console.print(f"  fresh process: {row['kept']} reported {row['report_ms']:.2f} ms, "
+                      f"used plainly {row['plain_ms']:.2f} ms ({row['ratio']:.2f}x)")  # fmt: skip
+    return row
+
+
+def _busy_loop() -> None:  # pragma: no cover - runs in the busy processes
+    while True:
+        pass
+
+
+def busy_run(name: str, batch: int, quiet: Any, console: Console) -> dict[str, Any]:
+    """``optimize`` again with every core kept busy by another process: the speed-up it
+    reports must stay within 25% of the quiet run's, or come with the busy machine or
+    wide spread warning."""
+    torch.manual_seed(0)
+    model = build_model(name)
+    x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_busy_loop, daemon=True) for _ in range(os.cpu_count() or 1)]
+    for w in workers:
+        w.start()
+    try:
+        time.sleep(1.0)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            _, busy = obo.optimize(model, x)
+    finally:
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            w.join()
+    ratio = (busy.speedup / quiet.speedup) if busy.speedup and quiet.speedup else None
+    warned = any("busy" in n or "spread" in n for n in busy.notes)
+    within = ratio is not None and 0.75 <= ratio <= 1.25
+    outcome = "within 25%" if within else ("warned" if warned else "FAILED: no warning")
+    console.print(f"  busy ({len(workers)} busy processes): speed-up {busy.speedup} vs quiet "
+                  f"{quiet.speedup}: {outcome}")  # fmt: skip
+    return {"processes": len(workers), "quiet_speedup": quiet.speedup,
+            "busy_speedup": busy.speedup, "ratio": ratio, "warned": warned, "outcome": outcome,
+            "report": _report_summary(busy)}  # fmt: skip
 
 
 _PREP_SCRIPT = """
@@ -392,24 +491,34 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=[*BUILT_IN, *TIMM])
     parser.add_argument("--batches", nargs="*", type=int, default=[1, 8])
     parser.add_argument("--repeat", type=int, default=3, help="measurement runs (default 3)")
-    parser.add_argument("--rounds", type=int, default=7, help="rounds per measurement run")
-    parser.add_argument("--block", type=int, default=5, help="timed calls per provider and round")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument(
+        "--block-s", type=float, default=BLOCK_S, help="seconds each provider is timed in one block"
+    )
+    parser.add_argument("--warmup-s", type=float, default=1.0,
+                        help="seconds of untimed calls before each block")  # fmt: skip
     parser.add_argument("--compile", action="store_true", help="add torch.compile+freezing")
     parser.add_argument("--no-prep", action="store_true", help="skip the preparation section")
     parser.add_argument("--prep-only", action="store_true",
                         help="only the preparation section (writes preparation.json)")  # fmt: skip
-    parser.add_argument("--quick", action="store_true", help="two models, batch 1, one run")
-    args = parser.parse_args()
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--quick", action="store_true", help="one built-in and one timm model, batch 1, one run"
+    )
+    mode.add_argument(
+        "--full",
+        action="store_true",
+        help="the three built-in and six timm models, batch 1 and 8, three runs",
+    )
+    args = parser.parse_args()  # fmt: skip
     if args.quick:
-        args.models, args.batches, args.repeat, args.rounds = (
-            ["resnet50", "mobilenetv3_large_100"],
-            [1],
-            1,
-            5,
-        )
+        args.models, args.batches, args.repeat = ["mobilenet_v2", "mobilenetv3_large_100"], [1], 1
+    if args.full:
+        args.models, args.batches, args.repeat = [*BUILT_IN, *TIMM], [1, 8], 3
     torch.set_num_threads(THREADS)
     console = Console()
+    before = machine_load()
+    load_before = None if before is None else str(before)
+    console.print(f"load before: {load_before}")
     if args.prep_only:
         path = write_json("preparation", {"environment": environment(),
                                           "preparation": preparation(console)})  # fmt: skip
@@ -422,8 +531,10 @@ def main() -> None:
             console.print(_table(cases[-1:]))
     console.print(_table(cases))
     prep = [] if args.no_prep else preparation(console)
+    load = machine_load()
     payload = {"environment": environment(), "args": vars(args), "cases": cases,
-               "preparation": prep}  # fmt: skip
+               "preparation": prep, "load_after": None if load is None else str(load),
+               "load_before": load_before}  # fmt: skip
     path = write_json("models_quick" if args.quick else "models", payload)
     console.print(f"wrote {path}")
 

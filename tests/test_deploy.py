@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
+import io
 import pickle
 import warnings
 from collections.abc import Iterator
@@ -817,6 +818,43 @@ def test_the_openvino_ir_records_its_precision_and_runs_as_reported(
     assert rel == pytest.approx(written.max_rel, rel=1e-2, abs=1e-6)
     if precision == "float32":
         assert rel < 1e-4
+
+
+def _runtime_counts(compiled: object) -> dict[str, int]:
+    from collections import Counter
+
+    ops = compiled.get_runtime_model().get_ops()  # type: ignore[attr-defined]
+    return dict(Counter(op.get_rt_info()["layerType"].astype(str) for op in ops))
+
+
+@pytest.mark.skipif(not (HAVE["openvino"] and HAVE["onnxruntime"]), reason="no openvino/onnx")
+def test_openvino_graph_has_no_more_reorders_than_openvino_reading_the_onnx_export() -> None:
+    import openvino as ov
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True),
+        nn.Conv2d(8, 8, 1), nn.ReLU(), nn.MaxPool2d(2, 2), nn.Conv2d(8, 4, 1),
+    ).eval()  # fmt: skip
+    x = torch.randn(1, 3, 15, 15)
+    fast, _ = optimize(model, x, engine="openvino", measure=False)
+    engine = fast.engine
+    # every pooling's unread indices are gone: one-output MaxPool, as from ONNX
+    pools = [op for op in engine.ov_model.get_ops() if op.get_type_name() == "MaxPool"]
+    assert len(pools) == 2 and all(op.get_output_size() == 1 for op in pools)
+    ours = _runtime_counts(engine._request("fixed").get_compiled_model())
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proto = torch.onnx.export(model, (x,), dynamo=True).model_proto.SerializeToString()
+    core = ov.Core()
+    theirs = _runtime_counts(core.compile_model(core.read_model(proto, b""), "CPU",
+                                                {"INFERENCE_PRECISION_HINT": "f32"}))  # fmt: skip
+    assert ours.get("Reorder", 0) <= theirs.get("Reorder", 0)
+    assert ours.get("Output", 0) == theirs.get("Output", 0) == 1
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
+        other = torch.randn(3, 3, 15, 15)  # the dynamic-batch model too
+        torch.testing.assert_close(fast(other), model(other), rtol=1e-4, atol=1e-5)
 
 
 # ---- verification on the user's data

@@ -2,11 +2,12 @@
 
 An int8 model is written from the quantised module ``optimize`` measured
 (``save_int8``): the QDQ ONNX model ONNX Runtime ran, or the IR NNCF made, reloaded
-plainly and checked to compute what was measured. All are written atomically: into a
-temporary file or folder beside the target, then renamed, so a failure leaves nothing
-behind and an existing target is replaced only when the new one is complete. Serve
-them with an existing engine (ONNX Runtime, OpenVINO Model Server, Triton Inference
-Server).
+plainly and checked to compute what was measured. Each engine that writes files
+(``engines.registry.Saver``) writes them atomically through ``onebyone._files``:
+into a temporary file or folder beside the target, then renamed, so a failure
+leaves nothing behind and an existing target is replaced only when the new one is
+complete. Serve them with an existing engine (ONNX Runtime, OpenVINO Model Server,
+Triton Inference Server).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import torch
 from torch import nn
 from torch.export import ExportedProgram
 
-from onebyone import _checks, _files
+from onebyone import _checks
 from onebyone.deploy.engines import onnxruntime as ort_engine
 from onebyone.deploy.engines import openvino as ov_engine
+from onebyone.deploy.engines.registry import saver
 from onebyone.deploy.example import output_scale
 from onebyone.deploy.signature import CallSpec
 from onebyone.transforms.verify import (
@@ -96,7 +98,7 @@ def save_onnx(
     data = built if built is not None else ort_engine.export_onnx(program, inputs, spec)
     module = ort_engine.OnnxRuntimeModule(data, threads=torch.get_num_threads(), **flat)
     verified = _checked(module, original, inputs, tolerance)
-    _files.write_bytes(target, data)
+    saver("onnxruntime").save(data, target)
     return target, verified
 
 
@@ -134,8 +136,6 @@ def save_openvino(
         RuntimeError: the conversion failed.
         OSError: the parent folder is not writable.
     """
-    import openvino as ov
-
     target = Path(folder)
     spec, flat = _call(program, inputs, original, call)
     model = built.clone() if built is not None else ov_engine.convert(program, spec)
@@ -144,10 +144,7 @@ def save_openvino(
         model, precision=precision, threads=torch.get_num_threads(), **flat
     )
     verified = _checked(module, original, inputs, tolerance)
-    _files.write_folder(
-        target, lambda temp: ov.save_model(model, str(temp / "model.xml"), compress_to_fp16=False)
-    )
-    return target / "model.xml", verified
+    return saver("openvino").save(model, target), verified
 
 
 def save_int8(

@@ -13,13 +13,16 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import os
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.export import ExportedProgram
 
+from onebyone import _files
 from onebyone.deploy.engines.base import FlatModule
 from onebyone.deploy.engines.registry import Graph, register
 from onebyone.deploy.signature import CallSpec, DynamicDim
@@ -223,6 +226,18 @@ class OnnxRuntimeEngine:
             example=graph.inputs,
             model_bytes=exported,
         )
+
+    def save(self, built: Any, path: str | os.PathLike[str]) -> Path:
+        """Write ``built`` (ONNX bytes, or an ``OnnxRuntimeModule`` optionally inside
+        ``optimize``'s returned module) as the ONNX file ``path``."""
+        module = getattr(built, "engine", built)
+        data = module.model_bytes if isinstance(module, OnnxRuntimeModule) else built
+        if not isinstance(data, bytes):
+            raise TypeError(
+                "Invalid value for argument `built`. Expected ONNX bytes or an ONNX Runtime "
+                f"module of optimize. Received {type(built).__name__}."
+            )
+        return _files.write_bytes(path, data)
 
 
 ENGINE = register(OnnxRuntimeEngine())

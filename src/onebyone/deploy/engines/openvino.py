@@ -1,7 +1,8 @@
 """The ``"openvino"`` engine: ``openvino.convert_model`` on the transformed program.
 
 The program is decomposed first (``torch.ops.onebyone.conv1x1`` into ATen's
-convolution and its epilogue), converted, and compiled (at the example's shapes, and
+convolution and its epilogue), converted (max poolings whose indices nothing reads
+become one-output poolings, as from an ONNX export), and compiled (at the example's shapes, and
 with the batch dynamic for other sizes) for the CPU with the
 precision always set explicitly (``INFERENCE_PRECISION_HINT``: OpenVINO's own
 default is bfloat16 on CPUs with native bfloat16), ``PERFORMANCE_HINT=LATENCY``
@@ -15,13 +16,16 @@ from __future__ import annotations
 import copy
 import functools
 import importlib.util
+import os
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.export import ExportedProgram
 
+from onebyone import _files
 from onebyone.deploy.engines.base import FlatModule
 from onebyone.deploy.engines.registry import Graph, register
 from onebyone.deploy.signature import CallSpec, DynamicDim
@@ -35,6 +39,7 @@ __all__ = [
     "openvino_module",
     "precisions",
     "set_precision",
+    "single_output_pools",
 ]
 
 _HINTS = {"float32": "f32", "bfloat16": "bf16"}
@@ -78,7 +83,48 @@ def convert(program: ExportedProgram, call: CallSpec | None = None) -> Any:
     if call is not None and len(call.dims) == len(model.inputs):
         model.reshape({port: ov.PartialShape([_dimension(d) for d in dims])
                        for port, dims in zip(model.inputs, call.dims, strict=True)})  # fmt: skip
+    single_output_pools(model)
     return model
+
+
+def single_output_pools(model: Any) -> int:
+    """Replace each max pooling whose indices nothing reads by OpenVINO's one-output
+    ``MaxPool`` (opset 1); returns how many were replaced.
+
+    ``torch.export`` records a max pooling as ``max_pool2d_with_indices``, which
+    ``convert_model`` turns into the two-output ``MaxPool`` (values and int64 indices).
+    The CPU plugin computes the unread indices anyway and adds a ``Reorder`` and an
+    ``Output`` for each (GoogLeNet: 15 ``Reorder`` nodes against 2 from the ONNX
+    export, whose ``MaxPool`` has one output). A pooling is replaced only where the
+    one-output form takes the same windows: no dilation, and an output of the same
+    static spatial size (``ceil_torch`` rounding, PyTorch's ``ceil_mode``, differs
+    from ``ceil`` only by dropping a last window that would start in the padding).
+    """
+    from openvino import opset1
+
+    replaced = 0
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "MaxPool" or op.get_output_size() != 2:
+            continue
+        if op.output(1).get_target_inputs():
+            continue
+        a = op.get_attributes()
+        if any(d != 1 for d in a.get("dilations", ())):
+            continue
+        rounding = "ceil" if a["rounding_type"] == "ceil_torch" else a["rounding_type"]
+        pool = opset1.max_pool(op.input_value(0), a["strides"], a["pads_begin"], a["pads_end"],
+                               a["kernel"], rounding, a["auto_pad"])  # fmt: skip
+        before, after = op.get_output_partial_shape(0), pool.get_output_partial_shape(0)
+        if a["rounding_type"] == "ceil_torch" and not before[2:].is_static:
+            continue
+        if before != after:
+            continue
+        pool.set_friendly_name(op.get_friendly_name())
+        op.output(0).replace(pool.output(0))
+        replaced += 1
+    if replaced:
+        model.validate_nodes_and_infer_types()
+    return replaced
 
 
 def _dimension(dim: int | DynamicDim) -> Any:
@@ -251,6 +297,26 @@ class OpenVINOEngine:
                                         model=converted)  # fmt: skip
         return openvino_module(program, graph.inputs, precision=precision, spec=graph.flat(),
                                call=call, model=converted)  # fmt: skip
+
+    def save(self, built: Any, path: str | os.PathLike[str]) -> Path:
+        """Write ``built`` (an ``openvino.Model``, or an ``OpenVINOModule`` optionally
+        inside ``optimize``'s returned module: its model with its precision set) as IR,
+        ``model.xml`` + ``model.bin`` in the folder ``path``; returns ``model.xml``."""
+        import openvino as ov
+
+        module = getattr(built, "engine", built)
+        if isinstance(module, OpenVINOModule):
+            model = module.ov_model.clone()
+            set_precision(model, module.precision)
+        elif isinstance(built, ov.Model):
+            model = built
+        else:
+            raise TypeError(
+                "Invalid value for argument `built`. Expected an openvino.Model or an "
+                f"OpenVINO module of optimize. Received {type(built).__name__}."
+            )
+        return _files.write_folder(path, lambda temp: ov.save_model(
+            model, str(temp / "model.xml"), compress_to_fp16=False)) / "model.xml"  # fmt: skip
 
 
 ENGINE = register(OpenVINOEngine())

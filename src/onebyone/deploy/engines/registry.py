@@ -6,16 +6,21 @@ what to install), which precisions it computes natively on this CPU
 program, the calls it serves, the example). ``optimize`` builds every registered
 engine that is available and native in the asked precision, verifies, times and
 chooses among them; it wraps each module so that only the calls the capture proved
-reach it. An engine with a quantiser lists ``"int8"`` among its precisions and builds
-it from the same ``Graph``, whose ``calibration`` holds the user's calibration batches.
+reach it. An engine that writes a deployable file is also a ``Saver`` (``save``):
+``save_onnx``/``save_openvino`` write through it what ``optimize`` built and
+verified. An engine with a quantiser lists ``"int8"`` among its precisions and
+builds it from the same ``Graph``, whose ``calibration`` holds the user's
+calibration batches.
 The anchor is ONNX Runtime's ``quantization/registry.py``: a name maps to
 one entry, and one factory reads the table (no ``if`` chains).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import torch
@@ -29,7 +34,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-__all__ = ["REGISTRY", "Engine", "Graph", "names", "register"]
+__all__ = ["REGISTRY", "Engine", "Graph", "Saver", "names", "register", "saver"]
 
 
 @dataclass
@@ -96,6 +101,20 @@ class Engine(Protocol):
         ...
 
 
+@runtime_checkable
+class Saver(Protocol):
+    """An engine that also writes a deployable file (ONNX, OpenVINO IR): what it
+    built, written without building again."""
+
+    name: str
+
+    def save(self, built: Any, path: str | os.PathLike[str]) -> Path:
+        """Write ``built`` (a module this engine built, or what ``optimize`` kept of it
+        in ``report.exports``) at ``path`` through ``onebyone._files`` (all or nothing,
+        an existing target replaced only when complete); returns the written file."""
+        ...
+
+
 REGISTRY: dict[str, Engine] = {}
 """``name -> Engine``, in the order ``auto`` builds them."""
 
@@ -116,3 +135,15 @@ def register(engine: Engine) -> Engine:
 def names() -> tuple[str, ...]:
     """The registered engines' names."""
     return tuple(REGISTRY)
+
+
+def saver(name: str) -> Saver:
+    """The registered engine ``name``, which writes files (``Saver``)."""
+    engine = REGISTRY.get(name)
+    if not isinstance(engine, Saver):
+        writers = sorted(n for n, e in REGISTRY.items() if isinstance(e, Saver))
+        raise ValueError(
+            "Invalid value for argument `name`. Expected a registered engine that writes "
+            f"files ({', '.join(writers)}). Received {name!r}."
+        )
+    return engine
