@@ -440,6 +440,14 @@ def test_optimize_int8_keeps_digits_test_accuracy_within_half_a_point(
     assert report.max_drop == 0.01 and report.budget_metric == "accuracy"
     assert report.held_out_accuracy_original == pytest.approx(reference)
     assert set(report.int8_modules) == {engine}
+    if engine == "openvino":  # its float layers run as OpenVINO's default runs them here
+        from onebyone.deploy.engines.openvino import float_precisions, int8_float_precision
+
+        other = int8_float_precision()
+        assert other == ("bfloat16" if "bfloat16" in float_precisions() else "float32")
+        assert report.int8_modules[engine].precision == other
+        said = [n for n in report.notes if n.startswith("openvino/int8: the layers left")]
+        assert len(said) == (other != "float32")
     as_json = json.loads(report.to_json())
     assert as_json["candidates"][0]["calibration_s"] > 0 and as_json["max_drop"] == 0.01
     assert "int8_modules" not in as_json

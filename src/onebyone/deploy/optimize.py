@@ -659,7 +659,15 @@ def _engine_module(module: nn.Module) -> nn.Module:
 
 
 def _int8_note(report: OptimizeReport) -> None:
-    """Say where int8 runs without integer dot-product instructions."""
+    """Say what an int8 candidate's other layers compute in, and where int8 runs without
+    integer dot-product instructions."""
+    for c in report.candidates:
+        other = getattr(report.int8_modules.get(c.engine), "precision", "float32")
+        if c.precision == "int8" and other != "float32":
+            report.notes.append(
+                f"{c.name}: the layers left in floating point compute in {other}, "
+                "as the engine's default does on this CPU (the candidate's error includes it)"
+            )
     found = int8_instructions()
     if found is not None and not found:
         report.notes.append(
