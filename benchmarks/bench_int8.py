@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import os
 import statistics
 import sys
@@ -57,6 +58,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import onebyone as obo
 from bench_models import BUILT_IN, TIMM, build_model
 from common import environment, geomean, write_json
 from onebyone.deploy.capture import capture
@@ -73,7 +75,9 @@ STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 PEERS = ("onnxruntime f32", "openvino f32", "openvino default", "openvino int8 (nncf)",
          "onnxruntime int8")  # fmt: skip
 OURS = ("onebyone openvino int8", "onebyone openvino int8+bf16", "onebyone onnxruntime int8",
-        "onebyone torch int8 (pt2e)")  # fmt: skip
+        "onebyone torch int8 (pt2e)", "onebyone auto")  # fmt: skip
+MAX_DROP = 0.01
+"""The accuracy budget of ``onebyone auto`` and of the peers it is compared with."""
 
 
 def photo_crops(count: int, seed: int = 0) -> torch.Tensor:
@@ -125,9 +129,14 @@ def _compiled(ov_model: Any, config: dict[str, Any]) -> Callable[[np.ndarray], A
 
 
 def builders(
-    model: nn.Module, x: torch.Tensor, calibration: list[Batch]
+    model: nn.Module,
+    x: torch.Tensor,
+    calibration: list[Batch],
+    held_out: torch.Tensor,
+    reports: dict[str, Any],
 ) -> dict[str, Callable[[], Callable[[np.ndarray], Any]]]:
-    """Each provider's preparation; each returns ``run(array) -> output``."""
+    """Each provider's preparation; each returns ``run(array) -> output``. ``optimize``'s
+    report goes into ``reports``."""
     cache: dict[str, Any] = {}
 
     def peer_onnx() -> bytes:
@@ -207,6 +216,15 @@ def builders(
     def ours_torch() -> Callable[[np.ndarray], Any]:
         return module_runner(pt2e.torch_int8_module(model, (x,), calibration=calibration))
 
+    def ours_auto() -> Callable[[np.ndarray], Any]:
+        # the same 32 calibration images; the 16 held-out crops in 8 batches of 2, so
+        # that optimize's split (the first min(8, n // 2) batches calibrate) is the same
+        data = [b.inputs[0] for b in calibration] + list(held_out.split(2))
+        fast, report = obo.optimize(model, x, precision="auto", data=data,
+                                    max_drop=MAX_DROP)  # fmt: skip
+        reports["onebyone auto"] = json.loads(report.to_json())
+        return module_runner(fast)
+
     return {
         "onnxruntime f32": ort_f32,
         "openvino f32": ov_config({"INFERENCE_PRECISION_HINT": "f32"}),
@@ -217,6 +235,7 @@ def builders(
         "onebyone openvino int8+bf16": ours_ov("bfloat16"),
         "onebyone onnxruntime int8": ours_ort,
         "onebyone torch int8 (pt2e)": ours_torch,
+        "onebyone auto": ours_auto,
     }
 
 
@@ -265,7 +284,8 @@ def run_case(name: str, batch: int, args: argparse.Namespace, console: Console) 
     rows: dict[str, dict[str, Any]] = {}
     failed: dict[str, str] = {}
     wanted = [n for n in (*PEERS, *OURS) if not args.providers or n in args.providers]
-    for label, build in builders(model, x, split.calibration).items():
+    reports: dict[str, Any] = {}
+    for label, build in builders(model, x, split.calibration, held_out, reports).items():
         if label not in wanted:
             continue
         console.print(f"  preparing {label}")
@@ -300,7 +320,10 @@ def run_case(name: str, batch: int, args: argparse.Namespace, console: Console) 
             rows[label]["runs"].append(_quantiles(ts))
     for row in rows.values():
         row["median_ms"] = statistics.median(run["median_ms"] for run in row["runs"])
-    return {"model": name, "batch": batch, "rows": rows, "failed": failed}
+    auto = reports.get("onebyone auto")
+    if auto is not None:
+        rows["onebyone auto"]["kept"] = f"{auto['engine']}/{auto['precision']}"
+    return {"model": name, "batch": batch, "rows": rows, "failed": failed, "reports": reports}
 
 
 def summary(cases: list[dict[str, Any]]) -> dict[str, Any]:
@@ -313,7 +336,48 @@ def summary(cases: list[dict[str, Any]]) -> dict[str, Any]:
         if ratios:
             out[ours] = {"vs_openvino_nncf_geomean": geomean(ratios),
                          "min": min(ratios), "max": max(ratios)}  # fmt: skip
+    out["auto"] = auto_summary(cases)
     return out
+
+
+def _within_budget(row: dict[str, Any]) -> bool:
+    return bool(row["top1_agreement"] >= 1 - MAX_DROP)
+
+
+def auto_summary(cases: list[dict[str, Any]]) -> dict[str, Any]:
+    """``onebyone auto`` against the fastest peer configuration within the budget, per
+    case, and against the best single peer configuration over all cases (geomean)."""
+    with_auto = [c for c in cases if "onebyone auto" in c["rows"]]
+    per_case = []
+    for c in with_auto:
+        peers = {n: r for n, r in c["rows"].items() if n in PEERS and _within_budget(r)}
+        if not peers:
+            continue
+        fastest = min(peers, key=lambda n: peers[n]["median_ms"])
+        auto = c["rows"]["onebyone auto"]
+        ratios = [peers[fastest]["median_ms"] / run["median_ms"]
+                  for run in auto["runs"]]  # fmt: skip
+        per_case.append({
+            "model": c["model"], "batch": c["batch"], "fastest_peer": fastest,
+            "kept": auto.get("kept"),
+            "vs_fastest_peer": peers[fastest]["median_ms"] / auto["median_ms"],
+            "per_run_vs_fastest_peer_median": [min(ratios), max(ratios)],
+        })  # fmt: skip
+    # a single configuration used on every model: present and within budget everywhere
+    singles = {}
+    for name in PEERS:
+        rows = [c["rows"].get(name) for c in with_auto]
+        if with_auto and all(r is not None and _within_budget(r) for r in rows):
+            singles[name] = geomean(r["median_ms"] / c["rows"]["onebyone auto"]["median_ms"]
+                                    for r, c in zip(rows, with_auto, strict=True))  # fmt: skip
+    best = min(singles, key=lambda n: singles[n]) if singles else None
+    return {
+        "per_case": per_case,
+        "vs_fastest_peer_min": min((p["vs_fastest_peer"] for p in per_case), default=None),
+        "vs_each_single_peer_geomean": singles,
+        "best_single_peer": best,
+        "vs_best_single_peer_geomean": singles.get(best) if best else None,
+    }
 
 
 def _table(cases: list[dict[str, Any]]) -> Table:
@@ -353,21 +417,25 @@ def main() -> None:
     torch.set_num_threads(THREADS)
     console = Console()
     load_before = os.getloadavg()
-    cases = []
-    for name in args.models:
+    cases: list[dict[str, Any]] = []
+    name = args.out or ("int8_quick" if args.quick else "int8")
+
+    def save() -> Path:  # after every case: a long run interrupted keeps what it measured
+        return write_json(name, {
+            "environment": environment(),
+            "load_average": {"before": load_before, "after": os.getloadavg()},
+            "args": vars(args),
+            "cases": cases,
+            "summary": summary(cases),
+        })  # fmt: skip
+
+    for model in args.models:
         for batch in args.batches:
-            console.print(f"[bold]{name}[/], batch {batch}")
-            cases.append(run_case(name, batch, args, console))
+            console.print(f"[bold]{model}[/], batch {batch}")
+            cases.append(run_case(model, batch, args, console))
             console.print(_table(cases[-1:]))
+            path = save()
     console.print(_table(cases))
-    payload = {
-        "environment": environment(),
-        "load_average": {"before": load_before, "after": os.getloadavg()},
-        "args": vars(args),
-        "cases": cases,
-        "summary": summary(cases),
-    }
-    path = write_json(args.out or ("int8_quick" if args.quick else "int8"), payload)
     console.print(summary(cases))
     console.print(f"wrote {path}")
 
