@@ -498,6 +498,7 @@ def main() -> None:
                         help="seconds of untimed calls before each block")  # fmt: skip
     parser.add_argument("--compile", action="store_true", help="add torch.compile+freezing")
     parser.add_argument("--no-prep", action="store_true", help="skip the preparation section")
+    parser.add_argument("--out", default=None, help="results name (default models)")
     parser.add_argument("--prep-only", action="store_true",
                         help="only the preparation section (writes preparation.json)")  # fmt: skip
     mode = parser.add_mutually_exclusive_group()
@@ -524,18 +525,25 @@ def main() -> None:
                                           "preparation": preparation(console)})  # fmt: skip
         console.print(f"wrote {path}")
         return
-    cases = []
+    cases: list[dict[str, Any]] = []
+    prep: list[dict[str, Any]] = []
+    out = args.out or ("models_quick" if args.quick else "models")
+
+    def save() -> Path:  # after every case: a long run interrupted keeps what it measured
+        load = machine_load()
+        return write_json(out, {"environment": environment(), "args": vars(args),
+                                "cases": cases, "preparation": prep,
+                                "load_after": None if load is None else str(load),
+                                "load_before": load_before})  # fmt: skip
+
     for name in args.models:
         for batch in args.batches:
             cases.append(run_case(name, batch, args, console))
             console.print(_table(cases[-1:]))
+            save()
     console.print(_table(cases))
     prep = [] if args.no_prep else preparation(console)
-    load = machine_load()
-    payload = {"environment": environment(), "args": vars(args), "cases": cases,
-               "preparation": prep, "load_after": None if load is None else str(load),
-               "load_before": load_before}  # fmt: skip
-    path = write_json("models_quick" if args.quick else "models", payload)
+    path = save()
     console.print(f"wrote {path}")
 
 
