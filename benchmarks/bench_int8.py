@@ -1,8 +1,9 @@
 """int8 on whole models: the quantisers users run by hand against onebyone's int8 builders.
 
 Models: the built-in ResNet-50, MobileNetV2 and GoogLeNet (``Conv1x1`` as
-``nn.Conv2d``) and timm architectures (``pretrained=False``), random norm
-statistics, eval mode, 224x224, batch 1 and 8, ``torch.set_num_threads(2)``.
+``nn.Conv2d``) and timm architectures (``pretrained=False``), norm statistics
+measured on photo crops (``common.calibrate_norms``), eval mode, 224x224,
+batch 1 and 8, ``torch.set_num_threads(2)``.
 
 Calibration data, the same for every quantiser: 8 batches of 4 crops of
 scikit-learn's two sample photographs (random 224x224 crops, ImageNet's mean and
@@ -60,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import onebyone as obo
 from bench_models import BUILT_IN, TIMM, build_model
-from common import environment, geomean, write_json
+from common import environment, geomean, photo_crops, write_json
 from onebyone.deploy.capture import capture
 from onebyone.deploy.passes import drop_whole_slices, fold_norms, merge_pointwise
 from onebyone.deploy.program import Program
@@ -70,30 +71,12 @@ from onebyone.deploy.quantize import openvino as ov_int8
 from onebyone.transforms.verify import compare
 
 THREADS = 2
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 PEERS = ("onnxruntime f32", "openvino f32", "openvino default", "openvino int8 (nncf)",
          "onnxruntime int8")  # fmt: skip
 OURS = ("onebyone openvino int8", "onebyone openvino int8+bf16", "onebyone onnxruntime int8",
         "onebyone torch int8 (pt2e)", "onebyone auto")  # fmt: skip
 MAX_DROP = 0.01
 """The accuracy budget of ``onebyone auto`` and of the peers it is compared with."""
-
-
-def photo_crops(count: int, seed: int = 0) -> torch.Tensor:
-    """``count`` random 224x224 crops of scikit-learn's sample photographs, normalised."""
-    from sklearn.datasets import load_sample_images
-
-    images = [torch.from_numpy(i).permute(2, 0, 1).float() / 255 for i in
-              load_sample_images().images]  # fmt: skip
-    g = torch.Generator().manual_seed(seed)
-    crops = []
-    for i in range(count):
-        image = images[i % len(images)]
-        top = int(torch.randint(0, image.shape[1] - 224 + 1, (1,), generator=g))
-        left = int(torch.randint(0, image.shape[2] - 224 + 1, (1,), generator=g))
-        crops.append(image[:, top : top + 224, left : left + 224])
-    return (torch.stack(crops) - MEAN) / STD  # (count, 3, 224, 224)
 
 
 def _quiet() -> contextlib.ExitStack:

@@ -2,8 +2,9 @@
 
 Models: the built-in ResNet-50, MobileNetV2 and GoogLeNet (their ``Conv1x1`` layers
 turned into ``nn.Conv2d``, so every provider starts from the model a torchvision
-user has) and timm architectures (``pretrained=False``), all with random norm
-statistics, in eval mode, at 224x224, batch 1 and 8, ``torch.set_num_threads(2)``.
+user has) and timm architectures (``pretrained=False``), all with norm statistics
+measured on photo crops (``common.calibrate_norms``), in eval mode, at 224x224,
+batch 1 and 8, ``torch.set_num_threads(2)``.
 
 Providers, each prepared the way its users prepare it and timed on its own in a
 long block (``--block-s`` seconds after ``--warmup-s`` of untimed calls, a shuffled
@@ -72,7 +73,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import onebyone as obo
-from common import environment, write_json
+from common import calibrate_norms, environment, photo_crops, write_json
 from onebyone.deploy.engines import openvino as ov_engine
 from onebyone.deploy.engines import torch as torch_engine
 from onebyone.deploy.timing import Timing, machine_load, time_alone
@@ -96,20 +97,6 @@ BLOCK_S = 3.0
 """Seconds of each provider's timed block (after ``--warmup-s`` of untimed calls)."""
 
 
-def random_norms(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is not None:
-                k = m.num_features
-                m.running_mean.copy_(torch.randn(k, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(k, generator=g) * 0.5 + 0.75)
-                if m.weight is not None:
-                    m.weight.copy_(torch.rand(k, generator=g) * 0.5 + 0.75)
-                    m.bias.copy_(torch.randn(k, generator=g) * 0.1)
-    return model.eval()
-
-
 def plain_pytorch(model: nn.Module) -> nn.Module:
     """Every ``Conv1x1`` becomes the equivalent ``nn.Conv2d(kernel_size=1)``."""
     result = copy.deepcopy(model)
@@ -121,9 +108,12 @@ def plain_pytorch(model: nn.Module) -> nn.Module:
 
 
 def build_model(name: str) -> nn.Module:
+    """The model with random weights and norm statistics measured on 16 photo crops
+    (``common.calibrate_norms``)."""
+    crops = photo_crops(16, seed=100)
     if name in BUILT_IN:
-        return plain_pytorch(random_norms(obo.create_model(name)))
-    return random_norms(load_external(f"timm:{name}"))
+        return plain_pytorch(calibrate_norms(obo.create_model(name), crops))
+    return calibrate_norms(load_external(f"timm:{name}"), crops)
 
 
 @dataclass
