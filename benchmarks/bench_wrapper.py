@@ -1,14 +1,17 @@
 """What the module ``optimize`` returns costs per call above its engine used plainly.
 
-MobileNetV2 (built-in, random weights) at batch 1 in float32 and bfloat16 (where
+MobileNetV2 (built-in, random weights) at batch 1 (``--batch``) in float32 and bfloat16 (where
 this CPU has it). For each engine ``optimize`` builds, two providers are timed, each
-on its own in long blocks after a warm-up (``onebyone.deploy.timing.time_alone``):
+on its own in long blocks after a warm-up (``onebyone.deploy.timing.time_alone``),
+in ``--rounds`` alternating blocks; the overhead is the ratio of their medians over
+the blocks, and each round's ratio is kept:
 
 - ``returned``: the optimised module, as a user calls it (``Served``: binding the
   call, checking the input against the shapes the capture proved, then the engine
   module with its input conversion and output restructuring);
 - ``plain``: the engine's own runtime called directly on the same input (ONNX
-  Runtime's ``InferenceSession.run`` on a NumPy array, OpenVINO's compiled model,
+  Runtime's ``InferenceSession.run`` on a NumPy array, OpenVINO's infer request
+  reading the array in place as its compiled model's call does,
   the torch engine's graph module on a channels-last tensor).
 
 Writes ``benchmarks/results/wrapper.json``. Run (short, on a shared machine):
@@ -18,6 +21,7 @@ Writes ``benchmarks/results/wrapper.json``. Run (short, on a shared machine):
 from __future__ import annotations
 
 import argparse
+import statistics
 from collections.abc import Callable
 from typing import Any
 
@@ -37,8 +41,8 @@ def _plain(engine: Any, x: torch.Tensor) -> Callable[[], object]:
         return lambda: session.run(None, feed)
     if name == "OpenVINOModule":
         request = engine._request("fixed" if engine.shapes is not None else "dynamic")
-        array = x.numpy()
-        return lambda: request.infer([array])
+        array = x.numpy()  # read in place, as ``CompiledModel.__call__`` does by default
+        return lambda: request.infer([array], share_inputs=True)
     graph = engine.graph_module
     cl = x.to(engine.dtype).contiguous(memory_format=torch.channels_last)
     return lambda: graph(cl)
@@ -48,9 +52,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--block", type=float, default=2.0, help="seconds per timed block")
     parser.add_argument("--warmup", type=float, default=0.5, help="seconds of untimed calls")
+    parser.add_argument("--rounds", type=int, default=6, help="blocks of each provider")
+    parser.add_argument("--batch", type=int, default=1)
     args = parser.parse_args()
     model = obo.create_model("mobilenet_v2").eval()
-    x = torch.randn(1, 3, 224, 224)
+    x = torch.randn(args.batch, 3, 224, 224)
     rows: list[dict[str, Any]] = []
     load = timing.machine_load()
     print(f"timed at {load}" + (" (busy: ratios are noisy)" if load and load.busy else ""))
@@ -64,18 +70,27 @@ def main() -> None:
             served = getattr(fast, "engine", None)
             if served is None:
                 continue
-            returned = timing.time_alone(lambda f=fast: f(x), warmup_s=args.warmup,
-                                         block_s=args.block)  # fmt: skip
-            plain = timing.time_alone(_plain(served, x), warmup_s=args.warmup,
-                                      block_s=args.block)  # fmt: skip
-            ratio = returned.median_ms / plain.median_ms
+            calls = {"returned": lambda f=fast: f(x), "plain": _plain(served, x)}
+            blocks: dict[str, list[timing.Timing]] = {"returned": [], "plain": []}
+            for r in range(args.rounds):  # alternating blocks, each order equally often
+                for name in ("returned", "plain") if r % 2 == 0 else ("plain", "returned"):
+                    blocks[name].append(timing.time_alone(calls[name], warmup_s=args.warmup,
+                                                          block_s=args.block))  # fmt: skip
+            returned, plain = (statistics.median(t.median_ms for t in blocks[n])
+                               for n in ("returned", "plain"))  # fmt: skip
+            pairs = zip(blocks["returned"], blocks["plain"], strict=True)
+            per_round = [a.median_ms / b.median_ms - 1 for a, b in pairs]
             rows.append({
                 "engine": engine, "precision": precision,
-                "returned": returned.__dict__, "plain": plain.__dict__,
-                "overhead": ratio - 1,
+                "returned_ms": returned, "plain_ms": plain,
+                "returned": [t.__dict__ for t in blocks["returned"]],
+                "plain": [t.__dict__ for t in blocks["plain"]],
+                "overhead": returned / plain - 1,
+                "overhead_per_round": per_round,
             })  # fmt: skip
-            print(f"{engine:12s} {precision:9s} returned {returned}  plain {plain}  "
-                  f"overhead {100 * (ratio - 1):+.1f}%")  # fmt: skip
+            print(f"{engine:12s} {precision:9s} returned {returned:.3f} ms  plain {plain:.3f} ms"
+                  f"  overhead {100 * (returned / plain - 1):+.1f}% (rounds "
+                  f"{', '.join(f'{100 * o:+.1f}' for o in per_round)})")  # fmt: skip
     load = timing.machine_load()
     payload = {"environment": environment(), "load_before": str(load), "rows": rows}
     path = write_json("wrapper", payload)

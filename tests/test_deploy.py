@@ -611,6 +611,31 @@ def test_results_accept_keyword_calls(engine: str) -> None:
         torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_the_engine_module_takes_positional_tensors_directly_and_refuses_the_rest(
+    engine: str,
+) -> None:
+    model = _net()
+    x = torch.randn(2, 3, 6, 6)
+    fast, _ = optimize(model, x, engine=engine, measure=False)
+    inner = fast.engine  # one tensor in, one out: the call skips the pytree work
+    assert inner._positional and inner._one_tensor
+    with torch.inference_mode():
+        out = inner(x)
+        assert isinstance(out, torch.Tensor)
+        torch.testing.assert_close(out, model(x), rtol=1e-4, atol=1e-5)
+        y = x.clone()
+        before = inner(y)
+        y.zero_()  # the engine read the caller's memory in place; its result is its own
+        torch.testing.assert_close(before, out)
+        with pytest.raises(TypeError, match=r"dtype torch\.float32 at position 0"):
+            inner(x.double())
+        with pytest.raises(TypeError, match="optimised for \\(1 tensor"):
+            inner(x, x)
+        with pytest.raises(TypeError, match="optimised for"):
+            inner([x])
+
+
 # ---- frozen, nothing of the caller's
 
 
