@@ -4,7 +4,8 @@ Models: the built-in ResNet-50, MobileNetV2 and GoogLeNet (their ``Conv1x1`` lay
 turned into ``nn.Conv2d``, so every provider starts from the model a torchvision
 user has) and timm architectures (``pretrained=False``), all with norm statistics
 measured on photo crops (``common.calibrate_norms``), in eval mode, at 224x224,
-batch 1 and 8, ``torch.set_num_threads(2)``.
+batch 1 and 8, ``torch.set_num_threads(2)``; the input ``x`` is other photo crops
+(``example``).
 
 Providers, each prepared the way its users prepare it and timed on its own in a
 long block (``--block-s`` seconds after ``--warmup-s`` of untimed calls, a shuffled
@@ -105,6 +106,12 @@ def plain_pytorch(model: nn.Module) -> nn.Module:
             parent, _, child = name.rpartition(".")
             setattr(result.get_submodule(parent) if parent else result, child, module.to_conv2d())
     return result.eval()
+
+
+def example(batch: int) -> torch.Tensor:
+    """The input every provider runs: ``batch`` photo crops, none of those the norms
+    were measured on."""
+    return photo_crops(batch, seed=1)
 
 
 def build_model(name: str) -> nn.Module:
@@ -248,7 +255,7 @@ def _output(value: Any) -> torch.Tensor:
 def run_case(name: str, batch: int, args: argparse.Namespace, console: Console) -> dict[str, Any]:
     torch.manual_seed(0)
     model = build_model(name)
-    x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    x = example(batch)
     console.print(f"[bold]{name}[/], batch {batch}: preparing")
     providers, failed, reports = providers_for(name, model, x, with_compile=args.compile)
     with torch.inference_mode():
@@ -333,12 +340,12 @@ import json, sys, time, torch, warnings
 warnings.filterwarnings("ignore")
 sys.path.insert(0, {bench!r})
 torch.set_num_threads({threads})
-from bench_models import build_model
+from bench_models import build_model, example
 import onebyone as obo
 from onebyone.deploy.timing import time_alone
 torch.manual_seed(0)
 model = build_model({name!r})
-x = torch.randn({batch}, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+x = example({batch})
 fast, report = obo.optimize(model, x)
 # the returned module used plainly, as a user would right after optimize returns
 plain = time_alone(lambda: fast(x), warmup_s=1.0, block_s={block_s})
@@ -381,7 +388,7 @@ def busy_run(name: str, batch: int, quiet: Any, console: Console) -> dict[str, A
     wide spread warning."""
     torch.manual_seed(0)
     model = build_model(name)
-    x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    x = example(batch)
     ctx = multiprocessing.get_context("spawn")
     workers = [ctx.Process(target=_busy_loop, daemon=True) for _ in range(os.cpu_count() or 1)]
     for w in workers:
