@@ -8,7 +8,7 @@ import importlib.util
 import io
 import pickle
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -957,6 +957,44 @@ def test_time_alone_gives_median_spread_and_runs() -> None:
     assert timing.runs == 7 and len(calls) >= 8  # the first call is never timed
     assert timing.p10_ms <= timing.median_ms <= timing.p90_ms
     assert timing.throughput == pytest.approx(4 / (timing.median_ms / 1e3))
+
+
+def test_the_two_fastest_are_timed_again_when_close(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from onebyone.deploy.timing import Timing
+
+    opt = sys.modules["onebyone.deploy.optimize"]
+    script = {"a": [1.0, 1.2], "b": [1.05, 0.9], "c": [2.0]}  # each block's median, in turn
+    timed: list[str] = []
+
+    class Model(nn.Module):
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name = name
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            timed.append(self.name)
+            return x
+
+    def block(call: Callable[[], object], *, batch: int = 1) -> Timing:
+        call()  # the model says who it is
+        name = timed[-1]
+        ms = script[name][timed.count(name) - 1]
+        return Timing(ms, ms * 0.9, ms * 1.1, 10, batch)
+
+    monkeypatch.setattr(opt, "time_alone", block)
+    models = {name: Model(name) for name in script}
+    timings = opt._time_each(models, (torch.zeros(2, 3),))
+    # a and b within 10%: both again, the runner-up first; each keeps the mean of two blocks
+    assert timed == ["a", "b", "c", "b", "a"]
+    assert timings["a"].median_ms == pytest.approx(1.1) and timings["a"].runs == 20
+    assert timings["b"].median_ms == pytest.approx(0.975) and timings["c"].runs == 10
+    assert min(timings, key=lambda k: timings[k].median_ms) == "b"
+    script["b"] = [1.5]  # apart: one block each
+    timed.clear()
+    timings = opt._time_each(models, (torch.zeros(2, 3),))
+    assert timed == ["a", "b", "c"] and timings["a"].median_ms == 1.0
 
 
 def test_the_report_gives_the_spread_the_load_and_throughput(
