@@ -55,22 +55,17 @@ class FlatModule(nn.Module):
         raise NotImplementedError
 
     def forward(self, *args: Any) -> Any:
-        if self._positional and len(args) == len(self.input_dtypes):
-            for t, dtype in zip(args, self.input_dtypes, strict=True):
-                if not isinstance(t, torch.Tensor) or t.dtype != dtype or t.device.type != "cpu":
-                    break
-            else:  # every input is a CPU tensor of its dtype
-                results = list(self.run(list(args)))
-                return (
-                    results[0] if self._one_tensor and len(results) == 1 else self._restore(results)
+        if (self._positional and len(args) == len(self.input_dtypes)
+                and all(isinstance(a, torch.Tensor) for a in args)):  # fmt: skip
+            flat = list(args)  # the common call: no pytree work
+        else:
+            flat, spec = pytree.tree_flatten((args, {}))
+            if spec != self.in_spec:
+                raise TypeError(
+                    "Invalid value for argument `inputs`. Expected the call the model was "
+                    f"optimised for ({self.in_spec.num_leaves} tensor(s)). Received "
+                    f"{spec.num_leaves} leaf value(s) in another structure."
                 )
-        flat, spec = pytree.tree_flatten((args, {}))
-        if spec != self.in_spec:
-            raise TypeError(
-                "Invalid value for argument `inputs`. Expected the call the model was "
-                f"optimised for ({self.in_spec.num_leaves} tensor(s)). Received "
-                f"{spec.num_leaves} leaf value(s) in another structure."
-            )
         for i, (t, dtype) in enumerate(zip(flat, self.input_dtypes, strict=True)):
             if not isinstance(t, torch.Tensor) or t.dtype != dtype or t.device.type != "cpu":
                 raise TypeError(
@@ -78,7 +73,8 @@ class FlatModule(nn.Module):
                     f"{dtype} at position {i}. Received {type(t).__name__} "
                     f"{getattr(t, 'dtype', '')}."
                 )
-        return self._restore(list(self.run(flat)))
+        results = list(self.run(flat))
+        return results[0] if self._one_tensor and len(results) == 1 else self._restore(results)
 
     def _restore(self, results: list[Any]) -> Any:
         """The flat outputs put back into the program's output structure."""
