@@ -3,15 +3,17 @@
 MobileNetV2 (built-in, random weights) at batch 1 (``--batch``) in float32 and bfloat16 (where
 this CPU has it). For each engine ``optimize`` builds, two providers are timed, each
 on its own in long blocks after a warm-up (``onebyone.deploy.timing.time_alone``),
-in ``--rounds`` alternating blocks; the overhead is the ratio of their medians over
-the blocks, and each round's ratio is kept:
+in ``--rounds`` alternating blocks. Each round times one block of each, back to back,
+and gives one ratio; the overhead is the median of the rounds' ratios (this machine's
+speed drifts by tens of per cent between seconds, which a ratio of two blocks far
+apart would take for overhead), with their range:
 
 - ``returned``: the optimised module, as a user calls it (``Served``: binding the
   call, checking the input against the shapes the capture proved, then the engine
   module with its input conversion and output restructuring);
 - ``plain``: the engine's own runtime called directly on the same input (ONNX
-  Runtime's ``InferenceSession.run`` on a NumPy array, OpenVINO's infer request
-  reading the array in place as its compiled model's call does,
+  Runtime's ``InferenceSession.run`` on a NumPy array, OpenVINO's compiled model
+  called on the array (``CompiledModel.__call__``, which reads it in place),
   the torch engine's graph module on a channels-last tensor).
 
 Writes ``benchmarks/results/wrapper.json``. Run (short, on a shared machine):
@@ -41,18 +43,18 @@ def _plain(engine: Any, x: torch.Tensor) -> Callable[[], object]:
         return lambda: session.run(None, feed)
     if name == "OpenVINOModule":
         request = engine._request("fixed" if engine.shapes is not None else "dynamic")
-        array = x.numpy()  # read in place, as ``CompiledModel.__call__`` does by default
-        return lambda: request.infer([array], share_inputs=True)
-    graph = engine.graph_module
-    cl = x.to(engine.dtype).contiguous(memory_format=torch.channels_last)
-    return lambda: graph(cl)
+        compiled, array = request.get_compiled_model(), x.numpy()
+        return lambda: compiled(array)
+    graph, dtype = engine.graph_module, engine.dtype
+    # the one copy any caller of the graph makes: the input in its dtype and layout
+    return lambda: graph(x.to(dtype, memory_format=torch.channels_last))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--block", type=float, default=2.0, help="seconds per timed block")
     parser.add_argument("--warmup", type=float, default=0.5, help="seconds of untimed calls")
-    parser.add_argument("--rounds", type=int, default=6, help="blocks of each provider")
+    parser.add_argument("--rounds", type=int, default=12, help="blocks of each provider")
     parser.add_argument("--batch", type=int, default=1)
     args = parser.parse_args()
     model = obo.create_model("mobilenet_v2").eval()
@@ -80,16 +82,18 @@ def main() -> None:
                                for n in ("returned", "plain"))  # fmt: skip
             pairs = zip(blocks["returned"], blocks["plain"], strict=True)
             per_round = [a.median_ms / b.median_ms - 1 for a, b in pairs]
+            overhead = statistics.median(per_round)
             rows.append({
                 "engine": engine, "precision": precision,
                 "returned_ms": returned, "plain_ms": plain,
                 "returned": [t.__dict__ for t in blocks["returned"]],
                 "plain": [t.__dict__ for t in blocks["plain"]],
-                "overhead": returned / plain - 1,
+                "overhead": overhead,
+                "ratio_of_medians": returned / plain - 1,
                 "overhead_per_round": per_round,
             })  # fmt: skip
             print(f"{engine:12s} {precision:9s} returned {returned:.3f} ms  plain {plain:.3f} ms"
-                  f"  overhead {100 * (returned / plain - 1):+.1f}% (rounds "
+                  f"  overhead {100 * overhead:+.1f}% (rounds "
                   f"{', '.join(f'{100 * o:+.1f}' for o in per_round)})")  # fmt: skip
     load = timing.machine_load()
     payload = {"environment": environment(), "load_before": str(load), "rows": rows}

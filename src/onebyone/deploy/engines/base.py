@@ -73,7 +73,12 @@ class FlatModule(nn.Module):
                     f"{dtype} at position {i}. Received {type(t).__name__} "
                     f"{getattr(t, 'dtype', '')}."
                 )
-        results = list(self.run(flat))
+        return self.proven(*flat)
+
+    def proven(self, *flat: torch.Tensor) -> Any:
+        """The engine on flat inputs already checked (``Served`` checked them against
+        the capture, and remembers their shapes): no check here."""
+        results = self.run(list(flat))
         return results[0] if self._one_tensor and len(results) == 1 else self._restore(results)
 
     def _restore(self, results: list[Any]) -> Any:

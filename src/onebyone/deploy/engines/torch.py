@@ -306,9 +306,10 @@ class TorchEngineModule(nn.Module):
                          and t.is_floating_point()), None)  # fmt: skip
 
         def enter(t: torch.Tensor) -> torch.Tensor:
-            if t.is_floating_point() and t.dtype != self.dtype:
-                t = t.to(self.dtype)
-            return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+            dtype = self.dtype if t.is_floating_point() else t.dtype
+            if t.dim() == 4:  # dtype and layout in one copy (none when both are right)
+                return t.to(dtype, memory_format=torch.channels_last)
+            return t.to(dtype)
 
         out = self.graph_module(*_map(args, enter), **_map(kwargs, enter))
 
