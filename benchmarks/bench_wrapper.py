@@ -1,12 +1,12 @@
 """What the module ``optimize`` returns costs per call above its engine used plainly.
 
 MobileNetV2 (built-in, random weights) at batch 1 (``--batch``) in float32 and bfloat16 (where
-this CPU has it). For each engine ``optimize`` builds, two providers are timed, each
-on its own in long blocks after a warm-up (``onebyone.deploy.timing.time_alone``),
-in ``--rounds`` alternating blocks. Each round times one block of each, back to back,
-and gives one ratio; the overhead is the median of the rounds' ratios (this machine's
-speed drifts by tens of per cent between seconds, which a ratio of two blocks far
-apart would take for overhead), with their range:
+this CPU has it). For each engine ``optimize`` builds, three providers are timed,
+each on its own in long blocks after a warm-up (``onebyone.deploy.timing.time_alone``),
+in ``--rounds`` rounds of one block each, back to back, in a rotating order. Each
+round gives one ratio to the plain call; the overhead is the median of the rounds'
+ratios (this machine's speed drifts by tens of per cent between seconds, which a
+ratio of two blocks far apart would take for overhead), with their range:
 
 - ``returned``: the optimised module, as a user calls it (``Served``: binding the
   call, checking the input against the shapes the capture proved, then the engine
@@ -14,7 +14,14 @@ apart would take for overhead), with their range:
 - ``plain``: the engine's own runtime called directly on the same input (ONNX
   Runtime's ``InferenceSession.run`` on a NumPy array, OpenVINO's compiled model
   called on the array (``CompiledModel.__call__``, which reads it in place),
-  the torch engine's graph module on a channels-last tensor).
+  the torch engine's graph module on the input converted to its dtype and layout in
+  one copy, as any caller of it must);
+- ``plain again``: the plain call timed as a third provider: how far identical calls
+  differ between these blocks, the floor against which the overhead is read.
+
+Beside the blocks, the Python side of a call is measured alone: the returned module
+with the engine's own work replaced by handing back a stored result, microseconds
+per call, the best of five loops of 20,000 calls.
 
 Writes ``benchmarks/results/wrapper.json``. Run (short, on a shared machine):
 ``nice python benchmarks/bench_wrapper.py --block 1.0``.
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +58,38 @@ def _plain(engine: Any, x: torch.Tensor) -> Callable[[], object]:
     return lambda: graph(x.to(dtype, memory_format=torch.channels_last))
 
 
+def _paired(blocks: dict[str, list[timing.Timing]], name: str) -> list[float]:
+    """Per round: ``name``'s block median over the plain call's, less one."""
+    pairs = zip(blocks[name], blocks["plain"], strict=True)
+    return [a.median_ms / b.median_ms - 1 for a, b in pairs]
+
+
+def _range(ratios: list[float]) -> str:
+    return f"{100 * min(ratios):+.1f} to {100 * max(ratios):+.1f}%"
+
+
+def _python_side_us(fast: Any, served: Any, x: torch.Tensor, calls: int = 20000) -> float | None:
+    """Microseconds per call of the returned module with its engine's own work replaced
+    by handing back a stored result: what onebyone's Python adds, free of the machine's
+    drift (the best of five loops). ``None`` for the torch engine, whose conversions
+    of the input are real work."""
+    if not hasattr(served, "run"):
+        return None
+    outputs = served.run([x])
+    served.run = lambda inputs: outputs  # an instance attribute over the method
+    try:
+        best = float("inf")
+        with torch.inference_mode():
+            for _ in range(5):
+                start = time.perf_counter()
+                for _ in range(calls):
+                    fast(x)
+                best = min(best, (time.perf_counter() - start) / calls)
+    finally:
+        del served.run
+    return best * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--block", type=float, default=2.0, help="seconds per timed block")
@@ -72,29 +112,36 @@ def main() -> None:
             served = getattr(fast, "engine", None)
             if served is None:
                 continue
-            calls = {"returned": lambda f=fast: f(x), "plain": _plain(served, x)}
-            blocks: dict[str, list[timing.Timing]] = {"returned": [], "plain": []}
-            for r in range(args.rounds):  # alternating blocks, each order equally often
-                for name in ("returned", "plain") if r % 2 == 0 else ("plain", "returned"):
+            # "plain again" is the plain call timed as a third provider: the spread of
+            # identical calls in these blocks, against which the overhead is read
+            plain = _plain(served, x)
+            calls = {"returned": lambda f=fast: f(x), "plain": plain, "plain again": plain}
+            blocks: dict[str, list[timing.Timing]] = {name: [] for name in calls}
+            for r in range(args.rounds):  # each provider first, second and last in turn
+                names = list(calls)[r % 3 :] + list(calls)[: r % 3]
+                for name in names if r % 2 == 0 else names[::-1]:
                     blocks[name].append(timing.time_alone(calls[name], warmup_s=args.warmup,
                                                           block_s=args.block))  # fmt: skip
-            returned, plain = (statistics.median(t.median_ms for t in blocks[n])
-                               for n in ("returned", "plain"))  # fmt: skip
-            pairs = zip(blocks["returned"], blocks["plain"], strict=True)
-            per_round = [a.median_ms / b.median_ms - 1 for a, b in pairs]
+            per_round, control = _paired(blocks, "returned"), _paired(blocks, "plain again")
             overhead = statistics.median(per_round)
+            medians = {n: statistics.median(t.median_ms for t in b) for n, b in blocks.items()}
+            python_us = _python_side_us(fast, served, x)
             rows.append({
                 "engine": engine, "precision": precision,
-                "returned_ms": returned, "plain_ms": plain,
-                "returned": [t.__dict__ for t in blocks["returned"]],
-                "plain": [t.__dict__ for t in blocks["plain"]],
+                "returned_ms": medians["returned"], "plain_ms": medians["plain"],
+                "blocks": {n: [t.__dict__ for t in b] for n, b in blocks.items()},
                 "overhead": overhead,
-                "ratio_of_medians": returned / plain - 1,
                 "overhead_per_round": per_round,
+                "control": statistics.median(control),
+                "control_per_round": control,
+                "python_side_us": python_us,
             })  # fmt: skip
-            print(f"{engine:12s} {precision:9s} returned {returned:.3f} ms  plain {plain:.3f} ms"
-                  f"  overhead {100 * overhead:+.1f}% (rounds "
-                  f"{', '.join(f'{100 * o:+.1f}' for o in per_round)})")  # fmt: skip
+            side = "-" if python_us is None else f"{python_us:.1f} us"
+            print(f"{engine:12s} {precision:9s} returned {medians['returned']:.3f} ms  plain "
+                  f"{medians['plain']:.3f} ms  overhead {100 * overhead:+.1f}% "
+                  f"(rounds {_range(per_round)}; plain against itself "
+                  f"{100 * statistics.median(control):+.1f}%, {_range(control)}); "
+                  f"Python side {side}")  # fmt: skip
     load = timing.machine_load()
     payload = {"environment": environment(), "load_before": str(load), "rows": rows}
     path = write_json("wrapper", payload)
