@@ -96,13 +96,13 @@ COMPILE_SUBSET = ("resnet50", "mobilenet_v2", "efficientnet_b0")
 FLOAT32_PEERS = ("onnxruntime", "openvino f32", "compile+freezing")
 THREADS = 2
 BLOCK_S = 3.0
+"""Seconds of each provider's timed block (after ``--warmup-s`` of untimed calls)."""
 BF16_TOLERANCE = 0.25
 """The relative error ``onebyone bfloat16`` is held to here. With random weights a
 model's logits are small beside its activations, and bfloat16's rounding is 9% of
 the output scale on ResNet-50 (OpenVINO's own default as much), beyond ``optimize``'s
 default of 6%, which would refuse every bfloat16 candidate and time float32 instead;
 the speed comparison with OpenVINO's default needs the same precision on both sides."""
-"""Seconds of each provider's timed block (after ``--warmup-s`` of untimed calls)."""
 
 
 def plain_pytorch(model: nn.Module) -> nn.Module:

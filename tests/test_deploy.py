@@ -634,6 +634,11 @@ def test_the_engine_module_takes_positional_tensors_directly_and_refuses_the_res
             inner(x, x)
         with pytest.raises(TypeError, match="optimised for"):
             inner([x])
+        # through the returned module: a shape proven once is served without the checks,
+        # each call on its own input, into its own result
+        first, z = fast(x), torch.randn_like(x)
+        torch.testing.assert_close(fast(z), model(z), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(first, model(x), rtol=1e-4, atol=1e-5)
 
 
 # ---- frozen, nothing of the caller's
