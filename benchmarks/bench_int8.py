@@ -19,6 +19,9 @@ Providers, each prepared the way its users prepare it:
 - ``openvino int8 (nncf)``: the same conversion, ``nncf.quantize`` with its defaults on
   the 32 calibration images (one per item, as NNCF recommends), compiled with the
   defaults;
+- ``openvino int8 (nncf), again``: the same quantised model compiled a second time, a
+  control: the two are one graph, so their ratio is what this machine's timing can
+  resolve between two providers (it is no peer of the targets);
 - ``onnxruntime int8``: the same export (its batch fixed), ``quant_pre_process``,
   ``quantize_static`` (QDQ, per-channel, the 32 images in batches of the exported
   batch size as the calibration reader);
@@ -73,6 +76,9 @@ from onebyone.transforms.verify import compare
 THREADS = 2
 PEERS = ("onnxruntime f32", "openvino f32", "openvino default", "openvino int8 (nncf)",
          "onnxruntime int8")  # fmt: skip
+CONTROL = "openvino int8 (nncf), again"
+"""The peer's quantised model compiled a second time and timed as one more provider: two
+runs of one graph, whose ratio shows what this machine's timing can resolve."""
 OURS = ("onebyone openvino int8", "onebyone openvino int8+bf16", "onebyone onnxruntime int8",
         "onebyone torch int8 (pt2e)", "onebyone auto")  # fmt: skip
 MAX_DROP = 0.01
@@ -157,12 +163,16 @@ def builders(
     def ov_config(config: dict[str, Any]) -> Callable[[], Callable[[np.ndarray], Any]]:
         return lambda: _compiled(peer_ov(), config)
 
-    def ov_nncf() -> Callable[[np.ndarray], Any]:
+    def nncf_model() -> Any:
         import nncf
 
-        rows = [row[None].numpy() for b in calibration for row in b.inputs[0]]
-        quantised = nncf.quantize(peer_ov(), nncf.Dataset(rows), subset_size=len(rows))
-        return _compiled(quantised, {})
+        if "nncf" not in cache:
+            rows = [row[None].numpy() for b in calibration for row in b.inputs[0]]
+            cache["nncf"] = nncf.quantize(peer_ov(), nncf.Dataset(rows), subset_size=len(rows))
+        return cache["nncf"]
+
+    def ov_nncf() -> Callable[[np.ndarray], Any]:
+        return _compiled(nncf_model(), {})
 
     def ort_int8_peer() -> Callable[[np.ndarray], Any]:
         # the same images, in batches of the exported (fixed) batch size
@@ -213,6 +223,7 @@ def builders(
         "openvino f32": ov_config({"INFERENCE_PRECISION_HINT": "f32"}),
         "openvino default": ov_config({}),
         "openvino int8 (nncf)": ov_nncf,
+        CONTROL: ov_nncf,
         "onnxruntime int8": ort_int8_peer,
         "onebyone openvino int8": ours_ov("float32"),
         "onebyone openvino int8+bf16": ours_ov("bfloat16"),
@@ -266,7 +277,7 @@ def run_case(name: str, batch: int, args: argparse.Namespace, console: Console) 
     prepared: dict[str, Callable[[np.ndarray], Any]] = {}
     rows: dict[str, dict[str, Any]] = {}
     failed: dict[str, str] = {}
-    wanted = [n for n in (*PEERS, *OURS) if not args.providers or n in args.providers]
+    wanted = [n for n in (*PEERS, CONTROL, *OURS) if not args.providers or n in args.providers]
     reports: dict[str, Any] = {}
     for label, build in builders(model, x, split.calibration, held_out, reports).items():
         if label not in wanted:
@@ -319,6 +330,12 @@ def summary(cases: list[dict[str, Any]]) -> dict[str, Any]:
         if ratios:
             out[ours] = {"vs_openvino_nncf_geomean": geomean(ratios),
                          "min": min(ratios), "max": max(ratios)}  # fmt: skip
+    nncf = "openvino int8 (nncf)"
+    control = [c["rows"][nncf]["median_ms"] / c["rows"][CONTROL]["median_ms"]
+               for c in cases if CONTROL in c["rows"] and nncf in c["rows"]]  # fmt: skip
+    if control:
+        out["control: nncf vs the same model compiled again"] = {
+            "geomean": geomean(control), "min": min(control), "max": max(control)}  # fmt: skip
     out["auto"] = auto_summary(cases)
     return out
 
@@ -365,7 +382,7 @@ def auto_summary(cases: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _table(cases: list[dict[str, Any]]) -> Table:
     table = Table(title="median ms (p10-p90 of the middle run); error, top-1 agreement")
-    names = [*PEERS, *OURS]
+    names = [*PEERS, CONTROL, *OURS]
     table.add_column("model, batch")
     for n in names:
         table.add_column(n, justify="right")

@@ -6,6 +6,10 @@ home, and no peak is set through the environment unless a test sets one.
 Without CUDA the Triton kernels run through Triton's interpreter. Triton fixes
 that choice when it is first imported, and other tests (torch.compile's
 Inductor) import it too, so the variable is set here, before any test module.
+
+``optimize`` times its candidates in short blocks here: no test depends on which
+candidate a timing favours, and blocks of a benchmark's length would spend minutes of
+the suite on waiting (the timing itself is tested with its own values).
 """
 
 import os
@@ -34,6 +38,14 @@ def _peak_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+
+
+@pytest.fixture(autouse=True)
+def _short_timing_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from onebyone.deploy import timing
+
+    monkeypatch.setattr(timing, "WARMUP_S", 0.02)
+    monkeypatch.setattr(timing, "BLOCK_S", 0.05)
 
 
 @pytest.fixture(autouse=True)

@@ -964,13 +964,18 @@ def test_time_alone_gives_median_spread_and_runs() -> None:
     assert timing.throughput == pytest.approx(4 / (timing.median_ms / 1e3))
 
 
-def test_the_two_fastest_are_timed_again_when_close(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_close_candidates_are_timed_again_in_rotating_rounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import sys
 
     from onebyone.deploy.timing import Timing
 
     opt = sys.modules["onebyone.deploy.optimize"]
-    script = {"a": [1.0, 1.2], "b": [1.05, 0.9], "c": [2.0]}  # each block's median, in turn
+    monkeypatch.setattr(opt, "RETIME_ROUNDS", 3)
+    # each block's median, in turn: b's first block was a slow one, and a had one fast one
+    script = {"a": [1.0, 1.2, 1.1, 1.15], "b": [1.05, 0.9, 0.95, 1.0], "c": [2.0],
+              "d": [1.08, 1.3, 1.3, 1.3]}  # fmt: skip
     timed: list[str] = []
 
     class Model(nn.Module):
@@ -991,15 +996,18 @@ def test_the_two_fastest_are_timed_again_when_close(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(opt, "time_alone", block)
     models = {name: Model(name) for name in script}
     timings = opt._time_each(models, (torch.zeros(2, 3),))
-    # a and b within 10%: both again, the runner-up first; each keeps the mean of two blocks
-    assert timed == ["a", "b", "c", "b", "a"]
-    assert timings["a"].median_ms == pytest.approx(1.1) and timings["a"].runs == 20
+    # a, b and d within 10% of the fastest: three more rounds, the order rotating
+    # (slowest first), c once; each close one keeps the median of its four blocks
+    assert timed == ["a", "b", "c", "d", "d", "b", "a", "b", "a", "d", "a", "d", "b"]
+    assert timings["a"].median_ms == pytest.approx(1.125) and timings["a"].runs == 40
     assert timings["b"].median_ms == pytest.approx(0.975) and timings["c"].runs == 10
+    assert timings["d"].median_ms == pytest.approx(1.3)
+    assert timings["a"].p10_ms == pytest.approx(0.9) and timings["a"].p90_ms == pytest.approx(1.32)
     assert min(timings, key=lambda k: timings[k].median_ms) == "b"
-    script["b"] = [1.5]  # apart: one block each
+    script["b"], script["d"] = [1.5], [1.6]  # apart: one block each
     timed.clear()
     timings = opt._time_each(models, (torch.zeros(2, 3),))
-    assert timed == ["a", "b", "c"] and timings["a"].median_ms == 1.0
+    assert timed == ["a", "b", "c", "d"] and timings["a"].median_ms == 1.0
 
 
 def test_the_report_gives_the_spread_the_load_and_throughput(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import resource
+import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -145,30 +146,45 @@ def _top1(reference: object, candidate: object) -> tuple[int, int] | None:
 
 
 CLOSE = 0.10
-"""Two fastest candidates whose medians differ by less than this fraction are timed again."""
+"""Candidates whose first medians lie within this fraction of the fastest are timed again."""
+RETIME_ROUNDS = 3
+"""Rounds of re-timing for the close candidates, each in another order."""
 
 
 def _time_each(models: dict[str, nn.Module], inputs: tuple[torch.Tensor, ...]) -> dict[str, Timing]:
-    """Each model timed on its own, one after another (``timing.time_alone``). When the
-    two fastest are within ``CLOSE`` of each other, one block each decides less well
-    than the machine's drift between blocks: both are timed again, in the other order,
-    and each keeps the mean of its two medians (its runs and spread pooled)."""
+    """Each model timed on its own, one after another (``timing.time_alone``).
+
+    One block each decides less well than the machine's drift between blocks when
+    candidates are close: every one within ``CLOSE`` of the fastest is timed again in
+    ``RETIME_ROUNDS`` rounds, the order rotating from round to round so that none is
+    always timed first or last, and keeps the median of its block medians (its runs
+    and spread pooled). Close candidates thus share the same stretches of the
+    machine's drift, and one slow block cannot decide.
+    """
     batch = inputs[0].shape[0] if inputs and inputs[0].dim() >= 1 else 1
 
     def block(name: str) -> Timing:
         module = models[name]
         return time_alone(lambda: module(*inputs), batch=batch)
 
-    timings = {name: block(name) for name in models}
-    if len(timings) >= 2:
-        first, second = sorted(timings, key=lambda k: timings[k].median_ms)[:2]
-        if timings[second].median_ms <= (1 + CLOSE) * timings[first].median_ms:
-            for name in (second, first):
-                a, b = timings[name], block(name)
-                timings[name] = Timing(
-                    median_ms=(a.median_ms + b.median_ms) / 2, p10_ms=min(a.p10_ms, b.p10_ms),
-                    p90_ms=max(a.p90_ms, b.p90_ms), runs=a.runs + b.runs, batch=batch,
-                )  # fmt: skip
+    first = {name: block(name) for name in models}
+    fastest = min(t.median_ms for t in first.values())
+    close = sorted((n for n, t in first.items() if t.median_ms <= (1 + CLOSE) * fastest),
+                   key=lambda n: first[n].median_ms)  # fmt: skip
+    if len(close) < 2:
+        return first
+    blocks = {name: [first[name]] for name in close}
+    order = close[::-1]  # the runner-up first
+    for r in range(RETIME_ROUNDS):
+        for name in order[r % len(order) :] + order[: r % len(order)]:
+            blocks[name].append(block(name))
+    timings = dict(first)
+    for name, timed in blocks.items():
+        timings[name] = Timing(
+            median_ms=statistics.median(t.median_ms for t in timed),
+            p10_ms=min(t.p10_ms for t in timed), p90_ms=max(t.p90_ms for t in timed),
+            runs=sum(t.runs for t in timed), batch=batch,
+        )  # fmt: skip
     return timings
 
 
