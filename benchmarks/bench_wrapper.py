@@ -19,6 +19,16 @@ ratio of two blocks far apart would take for overhead), with their range:
 - ``plain again``: the plain call timed as a third provider: how far identical calls
   differ between these blocks, the floor against which the overhead is read.
 
+Blocks of different providers are seconds apart, and the machine drifts between them
+by more than the 2% in question. The three providers call one engine (one session,
+one compiled model, one graph), so they can also be timed call by call without one
+engine's threads slowing another's: ``--alternate`` seconds of calls of ``returned``
+and ``plain`` in turn, the order swapped every pair, each pair giving the returned
+call's time over the plain one's; the overhead is the median of the pairs, its range
+the medians of five equal slices of them. Two calls in a row see the same machine,
+so the drift cancels. The same is done with ``plain`` against ``plain again`` as the
+control.
+
 Beside the blocks, the Python side of a call is measured alone: the returned module
 with the engine's own work replaced by handing back a stored result, microseconds
 per call, the best of five loops of 20,000 calls.
@@ -68,6 +78,36 @@ def _range(ratios: list[float]) -> str:
     return f"{100 * min(ratios):+.1f} to {100 * max(ratios):+.1f}%"
 
 
+def _alternating(
+    first: Callable[[], object], second: Callable[[], object], *, seconds: float, warmup: float
+) -> list[float]:
+    """Calls of ``first`` and ``second`` in turn for ``seconds`` (the order swapped every
+    pair): per pair, ``first``'s time over ``second``'s, less one."""
+    clock = time.perf_counter
+    ratios: list[float] = []
+    with torch.inference_mode():
+        start = clock()
+        while clock() - start < warmup:
+            first()
+            second()
+        start = clock()
+        while clock() - start < seconds:
+            pair = []
+            for call in (first, second) if len(ratios) % 2 == 0 else (second, first):
+                t = clock()
+                call()
+                pair.append(clock() - t)
+            a, b = pair if len(ratios) % 2 == 0 else pair[::-1]
+            ratios.append(a / b - 1)
+    return ratios
+
+
+def _sliced(ratios: list[float], slices: int = 5) -> list[float]:
+    """The medians of ``slices`` equal consecutive slices of ``ratios``."""
+    size = max(1, len(ratios) // slices)
+    return [statistics.median(ratios[i : i + size]) for i in range(0, size * slices, size)]
+
+
 def _python_side_us(fast: Any, served: Any, x: torch.Tensor, calls: int = 20000) -> float | None:
     """Microseconds per call of the returned module with its engine's own work replaced
     by handing back a stored result: what onebyone's Python adds, free of the machine's
@@ -95,6 +135,8 @@ def main() -> None:
     parser.add_argument("--block", type=float, default=2.0, help="seconds per timed block")
     parser.add_argument("--warmup", type=float, default=0.5, help="seconds of untimed calls")
     parser.add_argument("--rounds", type=int, default=12, help="blocks of each provider")
+    parser.add_argument("--alternate", type=float, default=10.0,
+                        help="seconds of calls in turn, per pair of providers")  # fmt: skip
     parser.add_argument("--batch", type=int, default=1)
     args = parser.parse_args()
     model = obo.create_model("mobilenet_v2").eval()
@@ -125,6 +167,9 @@ def main() -> None:
             per_round, control = _paired(blocks, "returned"), _paired(blocks, "plain again")
             overhead = statistics.median(per_round)
             medians = {n: statistics.median(t.median_ms for t in b) for n, b in blocks.items()}
+            turns = {"seconds": args.alternate, "warmup": args.warmup}
+            alternating = _alternating(calls["returned"], plain, **turns)
+            alternating_control = _alternating(calls["plain again"], plain, **turns)
             python_us = _python_side_us(fast, served, x)
             rows.append({
                 "engine": engine, "precision": precision,
@@ -134,6 +179,13 @@ def main() -> None:
                 "overhead_per_round": per_round,
                 "control": statistics.median(control),
                 "control_per_round": control,
+                "alternating": {
+                    "pairs": len(alternating),
+                    "overhead": statistics.median(alternating),
+                    "overhead_per_slice": _sliced(alternating),
+                    "control": statistics.median(alternating_control),
+                    "control_per_slice": _sliced(alternating_control),
+                },
                 "python_side_us": python_us,
             })  # fmt: skip
             side = "-" if python_us is None else f"{python_us:.1f} us"
@@ -142,6 +194,11 @@ def main() -> None:
                   f"(rounds {_range(per_round)}; plain against itself "
                   f"{100 * statistics.median(control):+.1f}%, {_range(control)}); "
                   f"Python side {side}")  # fmt: skip
+            print(f"{'':22s} call by call, {len(alternating)} pairs: overhead "
+                  f"{100 * statistics.median(alternating):+.2f}% "
+                  f"(slices {_range(_sliced(alternating))}); plain against itself "
+                  f"{100 * statistics.median(alternating_control):+.2f}% "
+                  f"({_range(_sliced(alternating_control))})")  # fmt: skip
     load = timing.machine_load()
     payload = {"environment": environment(), "load_before": str(load), "rows": rows}
     path = write_json("wrapper", payload)

@@ -46,6 +46,7 @@ def _short_timing_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(timing, "WARMUP_S", 0.02)
     monkeypatch.setattr(timing, "BLOCK_S", 0.05)
+    monkeypatch.setattr(timing, "LOAD_WINDOW_S", 0.01)
 
 
 @pytest.fixture(autouse=True)

@@ -84,8 +84,9 @@ class OptimizeReport:
             returned model on the example input; ``latency_before`` / ``latency_after``
             the whole timings (p10, p90, runs), each model timed on its own after a
             warm-up (``onebyone.deploy.timing``).
-        load: the machine's load average and cores before timing (a busy machine is
-            noted: its timings are not reliable).
+        load: the machine before timing: load average, cores and the cores other work
+            used while ``optimize`` waited (a busy machine is noted: its timings are not
+            reliable).
         throughput: inputs per second of ``"original"`` and ``"optimized"`` by batch
             size (the example's and a larger one where the capture serves it).
         prepare_s: seconds from the call to the chosen model (building and checking).

@@ -21,7 +21,10 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["BLOCK_S", "MIN_RUNS", "WARMUP_S", "Load", "Timing", "machine_load", "time_alone"]
+__all__ = [
+    "BLOCK_S", "BUSY_CORES", "LOAD_WINDOW_S", "MIN_RUNS", "WARMUP_S", "Load", "Timing",
+    "machine_load", "time_alone",
+]  # fmt: skip
 
 WARMUP_S = 0.3
 """Untimed calls before each model's block (measured: 0.3 s lets another engine's
@@ -74,29 +77,78 @@ class Timing:
         )
 
 
+LOAD_WINDOW_S = 0.25
+"""How long ``machine_load`` watches the cores while this process waits."""
+BUSY_CORES = 0.5
+"""Other work using at least this many cores makes the machine busy: every engine runs
+as many threads as there are cores, so half a core taken by another process already
+slows the calls timed."""
+
+
 @dataclass(frozen=True)
 class Load:
-    """The machine's 1-minute load average and its cores, before timing."""
+    """What else was using the machine before timing.
+
+    Attributes:
+        average: the 1-minute load average. It counts this process too (its capture and
+            conversions of the last minute), so it is context, not the verdict.
+        cores: the number of cores.
+        others: the cores other work used (the steal time of a virtual machine included)
+            over ``LOAD_WINDOW_S`` while this process waited, from ``/proc/stat`` less
+            this process's own CPU time; ``None`` where ``/proc/stat`` is missing (the
+            load average decides then).
+    """
 
     average: float
     cores: int
+    others: float | None = None
 
     @property
     def busy(self) -> bool:
-        """Whether other work was using the cores (load at least half of them)."""
+        """Whether other work was using the cores: ``others`` at least ``BUSY_CORES``, or,
+        without it, a load average of at least half the cores."""
+        if self.others is not None:
+            return self.others >= BUSY_CORES
         return self.average >= max(1.0, 0.5 * self.cores)
 
     def __str__(self) -> str:
-        return f"load average {self.average:.1f} on {self.cores} cores"
+        text = f"load average {self.average:.1f} on {self.cores} cores"
+        if self.others is None:
+            return text
+        return f"{text}, other work using {self.others:.1f} of them"
+
+
+def _busy_cpu_seconds() -> float | None:
+    """CPU seconds all cores have spent on anything but idling since boot (``/proc/stat``:
+    user, nice, system, irq, softirq and steal), ``None`` where it cannot be read."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()
+        values = [int(v) for v in fields[1:9]]
+        ticks = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if fields[:1] != ["cpu"] or len(values) < 8:
+        return None
+    idle, iowait = values[3], values[4]
+    return (sum(values) - idle - iowait) / ticks
 
 
 def machine_load() -> Load | None:
-    """The 1-minute load average and the number of cores (``None`` where unknown)."""
+    """The load average, the cores and the cores other work used over ``LOAD_WINDOW_S``
+    (``None`` where no load average is known)."""
     try:
         average = os.getloadavg()[0]
     except (AttributeError, OSError):
         return None
-    return Load(average, os.cpu_count() or 1)
+    cores = os.cpu_count() or 1
+    busy_before, own_before, start = _busy_cpu_seconds(), time.process_time(), time.perf_counter()
+    time.sleep(LOAD_WINDOW_S)
+    busy_after, own_after, end = _busy_cpu_seconds(), time.process_time(), time.perf_counter()
+    if busy_before is None or busy_after is None or end <= start:
+        return Load(average, cores)
+    used = (busy_after - busy_before) - (own_after - own_before)
+    return Load(average, cores, others=min(float(cores), max(0.0, used / (end - start))))
 
 
 def _percentile(values: list[float], q: float) -> float:
