@@ -27,11 +27,15 @@ and ``plain`` in turn, the order swapped every pair, each pair giving the return
 call's time over the plain one's; the overhead is the median of the pairs, its range
 the medians of five equal slices of them. Two calls in a row see the same machine,
 so the drift cancels. The same is done with ``plain`` against ``plain again`` as the
-control.
+control, and, for ONNX Runtime and OpenVINO, with ``returned`` against the plain call
+made from PyTorch (``Tensor.numpy`` on the input, ``torch.from_numpy`` on the outputs):
+what the returned module adds to the conversions any PyTorch caller of the engine makes.
 
 Beside the blocks, the Python side of a call is measured alone: the returned module
 with the engine's own work replaced by handing back a stored result, microseconds
-per call, the best of five loops of 20,000 calls.
+per call, warm (the best of five loops of 20,000 calls) and cold (each call right after
+a plain call of the engine, whose weights have filled the caches meanwhile: the median
+over ``--alternate`` seconds). The cold figure is what a real call pays.
 
 Writes ``benchmarks/results/wrapper.json``. Run (short, on a shared machine):
 ``nice python benchmarks/bench_wrapper.py --block 1.0``.
@@ -50,6 +54,7 @@ import torch
 import onebyone as obo
 from common import environment, write_json
 from onebyone.deploy import timing
+from onebyone.deploy.engines.base import arrays_of
 
 
 def _plain(engine: Any, x: torch.Tensor) -> Callable[[], object]:
@@ -66,6 +71,23 @@ def _plain(engine: Any, x: torch.Tensor) -> Callable[[], object]:
     graph, dtype = engine.graph_module, engine.dtype
     # the one copy any caller of the graph makes: the input in its dtype and layout
     return lambda: graph(x.to(dtype, memory_format=torch.channels_last))
+
+
+def _plain_from_torch(engine: Any, x: torch.Tensor) -> Callable[[], object] | None:
+    """The engine's runtime called directly as a PyTorch caller must: the input viewed
+    as an array (``Tensor.numpy``), the outputs wrapped as tensors (``torch.from_numpy``).
+    ``None`` for the torch engine, whose plain call takes tensors already."""
+    name = type(engine).__name__
+    if name == "OnnxRuntimeModule":
+        session = engine._session(fixed=engine._batch_symbol is not None)
+        input_name = session.get_inputs()[0].name
+        return lambda: [torch.from_numpy(o)
+                        for o in session.run(None, {input_name: x.numpy()})]  # fmt: skip
+    if name == "OpenVINOModule":
+        request = engine._request("fixed" if engine.shapes is not None else "dynamic")
+        compiled = request.get_compiled_model()
+        return lambda: [torch.from_numpy(o) for o in compiled(x.numpy()).to_tuple()]
+    return None
 
 
 def _paired(blocks: dict[str, list[timing.Timing]], name: str) -> list[float]:
@@ -110,24 +132,50 @@ def _sliced(ratios: list[float], slices: int = 5) -> list[float]:
 
 def _python_side_us(fast: Any, served: Any, x: torch.Tensor, calls: int = 20000) -> float | None:
     """Microseconds per call of the returned module with its engine's own work replaced
-    by handing back a stored result: what onebyone's Python adds, free of the machine's
-    drift (the best of five loops). ``None`` for the torch engine, whose conversions
-    of the input are real work."""
-    if not hasattr(served, "run"):
+    by handing back a stored result: what onebyone's Python adds, with warm caches (the
+    best of five loops). ``None`` for the torch engine, whose conversions of the input
+    are real work."""
+    if not hasattr(served, "run_arrays"):
         return None
-    outputs = served.run([x])
-    served.run = lambda inputs: outputs  # an instance attribute over the method
+    outputs = served.run_arrays(arrays_of([x]))
+    served.run_arrays = lambda arrays: outputs  # an instance attribute over the method
     try:
         best = float("inf")
         with torch.inference_mode():
+            fast(x)  # the shape proven: the calls below take the common path
             for _ in range(5):
                 start = time.perf_counter()
                 for _ in range(calls):
                     fast(x)
                 best = min(best, (time.perf_counter() - start) / calls)
     finally:
-        del served.run
+        del served.run_arrays
     return best * 1e6
+
+
+def _python_side_cold_us(
+    fast: Any, served: Any, x: torch.Tensor, plain: Callable[[], object], seconds: float
+) -> float | None:
+    """Microseconds of the returned module's Python per call, each call made right
+    after a plain call of the engine, with the engine's own work replaced by handing
+    back a stored result (the median over ``seconds``). ``None`` for the torch engine."""
+    if not hasattr(served, "run_arrays"):
+        return None
+    outputs = served.run_arrays(arrays_of([x]))
+    served.run_arrays = lambda arrays: outputs
+    clock, times = time.perf_counter, []
+    try:
+        with torch.inference_mode():
+            fast(x)
+            start = clock()
+            while clock() - start < seconds:
+                plain()
+                t = clock()
+                fast(x)
+                times.append(clock() - t)
+    finally:
+        del served.run_arrays
+    return statistics.median(times) * 1e6
 
 
 def main() -> None:
@@ -170,7 +218,11 @@ def main() -> None:
             turns = {"seconds": args.alternate, "warmup": args.warmup}
             alternating = _alternating(calls["returned"], plain, **turns)
             alternating_control = _alternating(calls["plain again"], plain, **turns)
+            from_torch = _plain_from_torch(served, x)
+            over_conversion = None if from_torch is None else _alternating(
+                calls["returned"], from_torch, **turns)  # fmt: skip
             python_us = _python_side_us(fast, served, x)
+            cold_us = _python_side_cold_us(fast, served, x, plain, args.alternate / 2)
             rows.append({
                 "engine": engine, "precision": precision,
                 "returned_ms": medians["returned"], "plain_ms": medians["plain"],
@@ -185,20 +237,29 @@ def main() -> None:
                     "overhead_per_slice": _sliced(alternating),
                     "control": statistics.median(alternating_control),
                     "control_per_slice": _sliced(alternating_control),
+                    "over_plain_from_torch": None if over_conversion is None
+                    else statistics.median(over_conversion),
+                    "over_plain_from_torch_per_slice": None if over_conversion is None
+                    else _sliced(over_conversion),
                 },
                 "python_side_us": python_us,
+                "python_side_cold_us": cold_us,
             })  # fmt: skip
-            side = "-" if python_us is None else f"{python_us:.1f} us"
+            side = "-" if python_us is None else f"{python_us:.1f} us, {cold_us:.1f} us cold"
             print(f"{engine:12s} {precision:9s} returned {medians['returned']:.3f} ms  plain "
                   f"{medians['plain']:.3f} ms  overhead {100 * overhead:+.1f}% "
                   f"(rounds {_range(per_round)}; plain against itself "
                   f"{100 * statistics.median(control):+.1f}%, {_range(control)}); "
-                  f"Python side {side}")  # fmt: skip
+                  f"Python side {side}", flush=True)  # fmt: skip
             print(f"{'':22s} call by call, {len(alternating)} pairs: overhead "
                   f"{100 * statistics.median(alternating):+.2f}% "
                   f"(slices {_range(_sliced(alternating))}); plain against itself "
                   f"{100 * statistics.median(alternating_control):+.2f}% "
-                  f"({_range(_sliced(alternating_control))})")  # fmt: skip
+                  f"({_range(_sliced(alternating_control))})", flush=True)  # fmt: skip
+            if over_conversion is not None:
+                print(f"{'':22s} over the plain call from PyTorch (Tensor.numpy in, "
+                      f"torch.from_numpy out): {100 * statistics.median(over_conversion):+.2f}% "
+                      f"(slices {_range(_sliced(over_conversion))})", flush=True)  # fmt: skip
     load = timing.machine_load()
     payload = {"environment": environment(), "load_before": str(load), "rows": rows}
     path = write_json("wrapper", payload)

@@ -641,6 +641,93 @@ def test_the_engine_module_takes_positional_tensors_directly_and_refuses_the_res
         torch.testing.assert_close(first, model(x), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+@pytest.mark.filterwarnings("ignore:optimized model")
+def test_a_proven_shape_runs_on_the_tensors_memory_and_other_calls_are_checked_again(
+    engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _net()
+    x = torch.randn(2, 3, 6, 6)
+    fast, _ = optimize(model, x, engine=engine, measure=False)
+    inner = fast.engine
+    direct: list[int] = []
+    proven_arrays = inner.proven_arrays
+    monkeypatch.setattr(inner, "proven_arrays", lambda arrays: direct.append(1)
+                        or proven_arrays(arrays))  # fmt: skip
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
+        calls = len(direct)
+        z = torch.randn_like(x)
+        torch.testing.assert_close(fast(z), model(z), rtol=1e-4, atol=1e-5)
+        assert len(direct) == calls + 1  # decided on the array's shape and dtype alone
+        strided = z.contiguous(memory_format=torch.channels_last)  # same shape, other layout
+        torch.testing.assert_close(fast(strided), model(z), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(fast(z[:, :, :, :]), model(z), rtol=1e-4, atol=1e-5)
+        wide = torch.randn(2, 3, 6, 12)[..., ::2]  # a view with a step: copied first
+        torch.testing.assert_close(fast(wide), model(wide), rtol=1e-4, atol=1e-5)
+        calls = len(direct)
+        with warnings.catch_warnings(record=True) as caught:  # same shape, another dtype:
+            warnings.simplefilter("always")  # the original's, which takes float32 only
+            with pytest.raises(RuntimeError, match="double"):
+                fast(z.double())
+        assert any("not proven" in str(w.message) for w in caught) and len(direct) == calls
+    # a tensor that needs grad goes through the checks and is read detached
+    grad = torch.randn_like(x).requires_grad_(True)
+    got = fast(grad)
+    with torch.no_grad():
+        torch.testing.assert_close(got, model(grad), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_hooks_on_the_returned_module_run(engine: str) -> None:
+    model = _net()
+    x = torch.randn(2, 3, 6, 6)
+    fast, _ = optimize(model, x, engine=engine, measure=False)
+    seen: list[str] = []
+    own = fast.register_forward_hook(lambda m, i, o: seen.append("own"))
+    every = nn.modules.module.register_module_forward_hook(
+        lambda m, i, o: seen.append(type(m).__name__)
+    )
+    try:
+        with torch.inference_mode():
+            fast(x)
+    finally:
+        own.remove()
+        every.remove()
+    assert seen[-2:] == ["Served", "own"]  # every module's hooks first, then its own
+    before = len(seen)
+    with torch.inference_mode():
+        fast(x)
+    assert len(seen) == before  # removed: none runs
+
+
+def test_the_engines_public_calls_serve_where_the_compiled_ones_are_missing() -> None:
+    from onebyone.deploy.engines import openvino as ov_engine
+
+    class Session:  # an onnxruntime session without ``_sess``
+        def get_outputs(self) -> list[object]:
+            return [type("Output", (), {"name": "y"})()]
+
+        def run(self, names: list[str], feed: dict[str, object], options: object) -> list[str]:
+            return [f"{names} {sorted(feed)} {options}"]
+
+    assert ort_engine._runner(Session())({"x": 1}, None) == ["['y'] ['x'] None"]
+
+    class Results:
+        def to_tuple(self) -> tuple[object, ...]:
+            return ("out",)
+
+    class Request:  # an openvino request whose class has no compiled ``infer``
+        model_outputs = ("port",)
+
+        def infer(self, feed: dict[int, object], share_inputs: bool) -> Results:
+            assert share_inputs and list(feed) == [0]
+            return Results()
+
+    pytest.importorskip("openvino")
+    assert ov_engine._infer(Request())([torch.zeros(2).numpy()]) == ["out"]
+
+
 # ---- frozen, nothing of the caller's
 
 
