@@ -44,9 +44,10 @@ Writes ``benchmarks/results/wrapper.json``. Run (short, on a shared machine):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -130,26 +131,35 @@ def _sliced(ratios: list[float], slices: int = 5) -> list[float]:
     return [statistics.median(ratios[i : i + size]) for i in range(0, size * slices, size)]
 
 
-def _python_side_us(fast: Any, served: Any, x: torch.Tensor, calls: int = 20000) -> float | None:
-    """Microseconds per call of the returned module with its engine's own work replaced
-    by handing back a stored result: what onebyone's Python adds, with warm caches (the
-    best of five loops). ``None`` for the torch engine, whose conversions of the input
-    are real work."""
-    if not hasattr(served, "run_arrays"):
-        return None
+@contextlib.contextmanager
+def _stubbed(fast: Any, served: Any, x: torch.Tensor) -> Iterator[None]:
+    """The returned module with its engine's own work replaced by handing back a stored
+    result: ``run_arrays`` and the single-call functions of the shapes proven."""
     outputs = served.run_arrays(arrays_of([x]))
+    singles = dict(fast._single)
     served.run_arrays = lambda arrays: outputs  # an instance attribute over the method
+    fast._single = {key: lambda array: outputs[0] for key in singles}
     try:
-        best = float("inf")
-        with torch.inference_mode():
-            fast(x)  # the shape proven: the calls below take the common path
-            for _ in range(5):
-                start = time.perf_counter()
-                for _ in range(calls):
-                    fast(x)
-                best = min(best, (time.perf_counter() - start) / calls)
+        yield
     finally:
         del served.run_arrays
+        fast._single = singles
+
+
+def _python_side_us(fast: Any, served: Any, x: torch.Tensor, calls: int = 20000) -> float | None:
+    """Microseconds per call of the returned module with its engine's own work stubbed
+    out: what onebyone's Python adds, with warm caches (the best of five loops). ``None``
+    for the torch engine, whose conversions of the input are real work."""
+    if not hasattr(served, "run_arrays"):
+        return None
+    best = float("inf")
+    with _stubbed(fast, served, x), torch.inference_mode():
+        fast(x)  # the shape proven: the calls below take the common path
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(calls):
+                fast(x)
+            best = min(best, (time.perf_counter() - start) / calls)
     return best * 1e6
 
 
@@ -157,24 +167,19 @@ def _python_side_cold_us(
     fast: Any, served: Any, x: torch.Tensor, plain: Callable[[], object], seconds: float
 ) -> float | None:
     """Microseconds of the returned module's Python per call, each call made right
-    after a plain call of the engine, with the engine's own work replaced by handing
-    back a stored result (the median over ``seconds``). ``None`` for the torch engine."""
+    after a plain call of the engine, with the engine's own work stubbed out (the median
+    over ``seconds``). ``None`` for the torch engine."""
     if not hasattr(served, "run_arrays"):
         return None
-    outputs = served.run_arrays(arrays_of([x]))
-    served.run_arrays = lambda arrays: outputs
     clock, times = time.perf_counter, []
-    try:
-        with torch.inference_mode():
+    with _stubbed(fast, served, x), torch.inference_mode():
+        fast(x)
+        start = clock()
+        while clock() - start < seconds:
+            plain()
+            t = clock()
             fast(x)
-            start = clock()
-            while clock() - start < seconds:
-                plain()
-                t = clock()
-                fast(x)
-                times.append(clock() - t)
-    finally:
-        del served.run_arrays
+            times.append(clock() - t)
     return statistics.median(times) * 1e6
 
 

@@ -460,6 +460,7 @@ def test_onnxruntime_fixes_the_example_batch_and_opens_a_dynamic_session_for_oth
     engine = fast.engine
     assert engine.batch == 2 and engine._batch_symbol == "batch"
     engine._sessions.clear()  # as after a copy: sessions are made on first use
+    fast._single.clear()  # (a copy's own calls hold its own sessions)
     _same(model, fast, torch.randn(2, 3, 6, 6))
     assert set(engine._sessions) == {True}
     _same(model, fast, torch.randn(5, 3, 6, 6))
@@ -649,28 +650,36 @@ def test_a_proven_shape_runs_on_the_tensors_memory_and_other_calls_are_checked_a
     model = _net()
     x = torch.randn(2, 3, 6, 6)
     fast, _ = optimize(model, x, engine=engine, measure=False)
-    inner = fast.engine
-    direct: list[int] = []
-    proven_arrays = inner.proven_arrays
-    monkeypatch.setattr(inner, "proven_arrays", lambda arrays: direct.append(1)
-                        or proven_arrays(arrays))  # fmt: skip
+    checked: list[int] = []
+    forward = fast.forward
+    monkeypatch.setattr(fast, "forward", lambda *a, **k: checked.append(1) or forward(*a, **k))
     with torch.inference_mode():
         torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
-        calls = len(direct)
+        # proven while optimize verified it; one tensor in, one out: a single call
+        assert not checked and (tuple(x.shape), x.numpy().dtype.num) in fast._single
         z = torch.randn_like(x)
         torch.testing.assert_close(fast(z), model(z), rtol=1e-4, atol=1e-5)
-        assert len(direct) == calls + 1  # decided on the array's shape and dtype alone
         strided = z.contiguous(memory_format=torch.channels_last)  # same shape, other layout
         torch.testing.assert_close(fast(strided), model(z), rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(fast(z[:, :, :, :]), model(z), rtol=1e-4, atol=1e-5)
         wide = torch.randn(2, 3, 6, 12)[..., ::2]  # a view with a step: copied first
         torch.testing.assert_close(fast(wide), model(wide), rtol=1e-4, atol=1e-5)
-        calls = len(direct)
+        assert not checked  # decided on the arrays' shape and dtype alone
+        first, second = fast(x), fast(z)  # each call into its own result
+        torch.testing.assert_close(first, model(x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(second, model(z), rtol=1e-4, atol=1e-5)
         with warnings.catch_warnings(record=True) as caught:  # same shape, another dtype:
             warnings.simplefilter("always")  # the original's, which takes float32 only
             with pytest.raises(RuntimeError, match="double"):
                 fast(z.double())
-        assert any("not proven" in str(w.message) for w in caught) and len(direct) == calls
+        assert any("not proven" in str(w.message) for w in caught) and len(checked) == 1
+        batch, known = torch.randn(7, 3, 6, 6), len(fast._single)  # a new batch size:
+        torch.testing.assert_close(fast(batch), model(batch), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(fast(batch), model(batch), rtol=1e-4, atol=1e-5)
+        assert len(checked) == 2 and len(fast._single) == known + 1  # checked once
+        clone = copy.deepcopy(fast)  # its own engine: nothing of this one's session
+        assert not clone._single
+        torch.testing.assert_close(clone(z), model(z), rtol=1e-4, atol=1e-5)
     # a tensor that needs grad goes through the checks and is read detached
     grad = torch.randn_like(x).requires_grad_(True)
     got = fast(grad)

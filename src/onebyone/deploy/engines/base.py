@@ -8,6 +8,7 @@ output spec, so the engine's module is called like the original model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -79,6 +80,12 @@ class FlatModule(nn.Module):
     def run_arrays(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         """The engine's computation on C-contiguous arrays; outputs the caller owns."""
         raise NotImplementedError
+
+    def single(self, shape: tuple[int, ...]) -> Callable[[np.ndarray], np.ndarray] | None:
+        """For a model of one tensor in and one out, called at ``shape``: ``run_arrays``
+        as one function of the input's C-contiguous array, its output the caller's, made
+        of the runtime's calls alone; ``None`` for any other call structure."""
+        return None
 
     def forward(self, *args: Any) -> Any:
         if (self._positional and len(args) == len(self.input_dtypes)

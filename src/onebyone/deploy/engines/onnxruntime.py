@@ -157,6 +157,18 @@ class OnnxRuntimeModule(FlatModule):
             made = self._sessions[fixed]
         return made[1](dict(zip(self._names, arrays, strict=True)), None)  # no run options
 
+    def single(self, shape: tuple[int, ...]) -> Any:
+        if len(self._names) != 1 or not self._one_tensor:
+            return None
+        fixed = self._batch_symbol is not None and len(shape) >= 1 and shape[0] == self.batch
+        session = self._session(fixed=fixed)
+        outputs = [o.name for o in session.get_outputs()]
+        if len(outputs) != 1:
+            return None
+        run = getattr(getattr(session, "_sess", None), "run", None) or session.run
+        name = self._names[0]
+        return lambda array: run(outputs, {name: array}, None)[0]
+
 
 def _runner(session: Any) -> Any:
     """``session.run`` on all outputs, called with a feed of every input and run options.

@@ -251,6 +251,19 @@ class OpenVINOModule(FlatModule):
         made = self._requests.get(kind) or self._infer(kind)
         return made[1](arrays)
 
+    def single(self, shape: tuple[int, ...]) -> Any:
+        if len(self.ov_model.inputs) != 1 or self._outputs != 1 or not self._one_tensor:
+            return None
+        kind = "fixed" if self.shapes is not None and [shape] == self.shapes else "dynamic"
+        request, run = self._infer(kind)
+        compiled = _compiled(request)
+        if compiled is None:  # another openvino layout: the public call
+            return lambda array: run([array])[0]
+        import openvino as ov
+
+        tensor, port = ov.Tensor, request.model_outputs[0]
+        return lambda array: compiled(request, tensor(array, shared_memory=True), False, True)[port]
+
     def extra_repr(self) -> str:
         fixed = f", fixed shapes {self.shapes}" if self.shapes is not None else ""
         return f"precision={self.precision!r}, threads={self.threads}{fixed}"
@@ -271,9 +284,7 @@ def _infer(request: Any) -> Any:
     import openvino as ov
 
     ports = list(request.model_outputs)
-    compiled = next((cls.__dict__["infer"] for cls in type(request).__mro__
-                     if cls.__module__ == "openvino._pyopenvino" and "infer" in cls.__dict__),
-                    None)  # fmt: skip
+    compiled = _compiled(request)
     if compiled is None:  # another openvino layout: the public call
 
         def public(arrays: list[np.ndarray]) -> list[np.ndarray]:
@@ -291,6 +302,14 @@ def _infer(request: Any) -> Any:
         return [results[port] for port in ports]
 
     return direct
+
+
+def _compiled(request: Any) -> Any:
+    """The compiled ``infer(inputs, share_outputs, decode_strings)`` under the request's
+    Python class, or ``None``."""
+    return next((cls.__dict__["infer"] for cls in type(request).__mro__
+                 if cls.__module__ == "openvino._pyopenvino" and "infer" in cls.__dict__),
+                None)  # fmt: skip
 
 
 def _dynamic(model: Any) -> bool:
