@@ -119,6 +119,7 @@ class Served(nn.Module):
                 or self._backward_pre_hooks or self._compiled_call_impl is not None
                 or _global_hooks()):  # fmt: skip
             return super().__call__(*args, **kwargs)
+        # ``_arrays`` and ``_array_key`` written out for the one tensor: no Python calls
         if self._single and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
             try:
                 view = args[0].numpy()
@@ -130,23 +131,10 @@ class Served(nn.Module):
                     if not view.flags.c_contiguous:
                         view = np.ascontiguousarray(view)
                     return torch.from_numpy(run(view))
-        proven = self._proven_arrays
-        if proven and not kwargs:  # ``_arrays`` and ``_array_key`` written out: no calls
-            arrays, key = [], []
-            for a in args:
-                if not isinstance(a, torch.Tensor):
-                    break
-                try:
-                    view = a.numpy()
-                except (RuntimeError, TypeError):
-                    break
-                if not view.flags.c_contiguous:
-                    view = np.ascontiguousarray(view)
-                arrays.append(view)
-                key.append((view.shape, view.dtype.num))
-            else:
-                if (key[0] if len(key) == 1 else tuple(key)) in proven:
-                    return self.engine.proven_arrays(arrays)  # type: ignore[operator]
+        if self._proven_arrays and not kwargs:  # other structures, also decided on arrays
+            arrays = _arrays(args)
+            if arrays is not None and _array_key(arrays) in self._proven_arrays:
+                return self.engine.proven_arrays(arrays)  # type: ignore[operator]
         return self.forward(*args, **kwargs)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:

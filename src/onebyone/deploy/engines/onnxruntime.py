@@ -161,13 +161,10 @@ class OnnxRuntimeModule(FlatModule):
         if len(self._names) != 1 or not self._one_tensor:
             return None
         fixed = self._batch_symbol is not None and len(shape) >= 1 and shape[0] == self.batch
-        session = self._session(fixed=fixed)
-        outputs = [o.name for o in session.get_outputs()]
-        if len(outputs) != 1:
+        if len(self._session(fixed=fixed).get_outputs()) != 1:
             return None
-        run = getattr(getattr(session, "_sess", None), "run", None) or session.run
-        name = self._names[0]
-        return lambda array: run(outputs, {name: array}, None)[0]
+        run, name = self._sessions[fixed][1], self._names[0]
+        return lambda array: run({name: array}, None)[0]
 
 
 def _runner(session: Any) -> Any:
